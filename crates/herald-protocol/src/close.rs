@@ -1,0 +1,110 @@
+//! WebSocket close codes used by Herald.
+//!
+//! | code | name | meaning | client should |
+//! |------|------|---------|---------------|
+//! | 1000 | Normal | closed normally (client asked, or unsubscribed from everything) | not reconnect unless it wants to |
+//! | 1008 | Policy | bad origin, forbidden | not reconnect |
+//! | 1009 | TooBig | a frame exceeded the message size limit | fix the client |
+//! | 1011 | Internal | internal server error | reconnect with backoff |
+//! | 1012 | Restart | the edge is draining (shutdown) | reconnect elsewhere, resume |
+//! | 1013 | TryAgainLater | the edge is full | reconnect with backoff |
+//! | 4000 | HeartbeatTimeout | no pong within the timeout | reconnect, resume |
+//! | 4008 | SlowConsumer | outbound queue full | reconnect, resume from history |
+//! | 4029 | RateLimited | too many requests | reconnect after a pause |
+//! | 4501 | Unauthorized | bad or missing credentials | not reconnect |
+//! | 4502 | BadProtocol | the client broke the protocol (e.g. invalid UTF-8 text) | not reconnect |
+//!
+//! 4000–4499: application codes after which a reconnect is allowed; 4500–4999: do not reconnect.
+
+/// A WebSocket close code with Herald's meaning attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// 1000: normal closure.
+    Normal = 1000,
+    /// 1008: policy violation (bad origin, forbidden).
+    Policy = 1008,
+    /// 1009: a frame was larger than the message size limit.
+    TooBig = 1009,
+    /// 1011: internal error.
+    Internal = 1011,
+    /// 1012: the edge is restarting/draining; reconnect elsewhere.
+    Restart = 1012,
+    /// 1013: the edge is full; try again later.
+    TryAgainLater = 1013,
+    /// 4000: heartbeat timeout (no pong).
+    HeartbeatTimeout = 4000,
+    /// 4008: slow consumer; the outbound queue was full.
+    SlowConsumer = 4008,
+    /// 4029: rate limited.
+    RateLimited = 4029,
+    /// 4501: unauthorized; do not reconnect.
+    Unauthorized = 4501,
+    /// 4502: protocol violation; do not reconnect.
+    BadProtocol = 4502,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// A short reason text sent in the close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::Policy => "policy violation",
+            CloseCode::TooBig => "message too big",
+            CloseCode::Internal => "internal error",
+            CloseCode::Restart => "service restart",
+            CloseCode::TryAgainLater => "node full, try again later",
+            CloseCode::HeartbeatTimeout => "heartbeat timeout",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::RateLimited => "rate limited",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::BadProtocol => "bad protocol",
+        }
+    }
+
+    /// Whether a client may reconnect after this code.
+    pub fn reconnect_allowed(self) -> bool {
+        !matches!(
+            self,
+            CloseCode::Policy | CloseCode::TooBig | CloseCode::Unauthorized | CloseCode::BadProtocol
+        )
+    }
+
+    /// A stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "1000",
+            CloseCode::Policy => "1008",
+            CloseCode::TooBig => "1009",
+            CloseCode::Internal => "1011",
+            CloseCode::Restart => "1012",
+            CloseCode::TryAgainLater => "1013",
+            CloseCode::HeartbeatTimeout => "4000",
+            CloseCode::SlowConsumer => "4008",
+            CloseCode::RateLimited => "4029",
+            CloseCode::Unauthorized => "4501",
+            CloseCode::BadProtocol => "4502",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_codes_follow_the_reconnect_ranges() {
+        for c in [CloseCode::HeartbeatTimeout, CloseCode::SlowConsumer, CloseCode::RateLimited] {
+            assert!((4000..4500).contains(&c.code()) && c.reconnect_allowed());
+        }
+        for c in [CloseCode::Unauthorized, CloseCode::BadProtocol] {
+            assert!((4500..5000).contains(&c.code()) && !c.reconnect_allowed());
+        }
+        assert_eq!(CloseCode::Restart.label(), CloseCode::Restart.code().to_string());
+    }
+}

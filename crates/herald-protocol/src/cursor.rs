@@ -1,0 +1,235 @@
+//! Stream positions and cursors.
+//!
+//! A [`StreamPosition`] is where a reader is in one channel: the history generation (`epoch`)
+//! and the last offset it has seen. A [`Cursor`] is a set of positions, one per channel, encoded
+//! as an opaque URL-safe string with no newline: `base64url("h1\n" + "<channel> <epoch> <offset>\n"…)`.
+//! The server makes cursors and reads them back; clients only store and return them.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::validate_channel;
+use crate::error::ProtocolError;
+
+/// Longest epoch accepted from a client.
+pub const MAX_EPOCH_LEN: usize = 64;
+/// Longest encoded cursor accepted from a client.
+pub const MAX_CURSOR_LEN: usize = 16 * 1024;
+/// Most channels one cursor may carry.
+pub const MAX_CURSOR_CHANNELS: usize = 256;
+
+const VERSION_LINE: &str = "h1";
+
+/// A position in one channel's stream: after `offset` in generation `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The history generation; it changes when a channel's history is lost.
+    pub epoch: String,
+    /// The last offset seen (0 = nothing yet).
+    pub offset: u64,
+}
+
+impl StreamPosition {
+    /// Checks an epoch received from a client.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        validate_epoch(&self.epoch)
+    }
+}
+
+fn validate_epoch(epoch: &str) -> Result<(), ProtocolError> {
+    if epoch.is_empty() || epoch.len() > MAX_EPOCH_LEN {
+        return Err(ProtocolError::BadCursor(format!(
+            "epoch must be 1..={MAX_EPOCH_LEN} bytes"
+        )));
+    }
+    if !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ProtocolError::BadCursor(
+            "epoch must be ASCII letters and digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Positions in several channels, as carried by one opaque cursor string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    positions: BTreeMap<String, StreamPosition>,
+}
+
+impl Cursor {
+    /// An empty cursor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The position in `channel`, if the cursor has one.
+    pub fn get(&self, channel: &str) -> Option<&StreamPosition> {
+        self.positions.get(channel)
+    }
+
+    /// Sets the position in `channel`.
+    pub fn set(&mut self, channel: &str, position: StreamPosition) {
+        match self.positions.get_mut(channel) {
+            Some(p) => *p = position,
+            None => {
+                self.positions.insert(channel.to_owned(), position);
+            }
+        }
+    }
+
+    /// Moves `channel` to `offset` within `epoch`.
+    pub fn advance(&mut self, channel: &str, epoch: &str, offset: u64) {
+        match self.positions.get_mut(channel) {
+            Some(p) => {
+                if p.epoch != epoch {
+                    p.epoch.clear();
+                    p.epoch.push_str(epoch);
+                }
+                p.offset = offset;
+            }
+            None => self.set(
+                channel,
+                StreamPosition {
+                    epoch: epoch.to_owned(),
+                    offset,
+                },
+            ),
+        }
+    }
+
+    /// Channels and positions, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &StreamPosition)> {
+        self.positions.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// How many channels the cursor holds.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Whether the cursor holds no channel.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// The opaque string form (URL-safe, no newline).
+    pub fn encode(&self) -> String {
+        let mut raw = String::with_capacity(8 + self.positions.len() * 40);
+        raw.push_str(VERSION_LINE);
+        raw.push('\n');
+        for (channel, pos) in &self.positions {
+            raw.push_str(channel);
+            raw.push(' ');
+            raw.push_str(&pos.epoch);
+            raw.push(' ');
+            raw.push_str(&pos.offset.to_string());
+            raw.push('\n');
+        }
+        URL_SAFE_NO_PAD.encode(raw.as_bytes())
+    }
+
+    /// Reads a cursor string made by [`Cursor::encode`]. Never panics; any other input is a
+    /// [`ProtocolError::BadCursor`].
+    pub fn decode(text: &str) -> Result<Self, ProtocolError> {
+        let bad = |why: &str| ProtocolError::BadCursor(why.to_owned());
+        if text.len() > MAX_CURSOR_LEN {
+            return Err(bad("cursor is too long"));
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(text.trim().as_bytes())
+            .map_err(|_| bad("cursor is not one this server made (not base64url)"))?;
+        let raw =
+            std::str::from_utf8(&raw).map_err(|_| bad("cursor is not one this server made"))?;
+        let mut lines = raw.split_terminator('\n');
+        if lines.next() != Some(VERSION_LINE) {
+            return Err(bad("cursor is not one this server made (unknown version)"));
+        }
+        let mut cursor = Cursor::new();
+        for line in lines {
+            let mut parts = line.split(' ');
+            let (Some(channel), Some(epoch), Some(offset), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad("cursor entry is malformed"));
+            };
+            validate_channel(channel)
+                .map_err(|e| ProtocolError::BadCursor(format!("cursor channel: {e}")))?;
+            validate_epoch(epoch)?;
+            let offset: u64 = offset
+                .parse()
+                .map_err(|_| bad("cursor offset is not a number"))?;
+            if cursor.positions.len() >= MAX_CURSOR_CHANNELS {
+                return Err(bad("cursor has too many channels"));
+            }
+            cursor.set(
+                channel,
+                StreamPosition {
+                    epoch: epoch.to_owned(),
+                    offset,
+                },
+            );
+        }
+        Ok(cursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pos(epoch: &str, offset: u64) -> StreamPosition {
+        StreamPosition {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn round_trips_several_channels() {
+        let mut c = Cursor::new();
+        c.set("chat:lobby", pos("ab12", 17));
+        c.set("news", pos("zz9", 0));
+        c.advance("news", "q1", 3);
+        let text = c.encode();
+        assert!(!text.contains('\n') && !text.contains('+') && !text.contains('/'));
+        let back = Cursor::decode(&text).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.get("news"), Some(&pos("q1", 3)));
+    }
+
+    #[test]
+    fn rejects_foreign_strings_with_bad_cursor() {
+        for bad in ["", "!!!", "aGVsbG8", "aDEKYSBiIGMK", "aDEKYSogYiAxCg"] {
+            let err = Cursor::decode(bad).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::BadCursor, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_on_arbitrary_text(s in ".{0,200}") {
+            let _ = Cursor::decode(&s);
+        }
+
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let s = URL_SAFE_NO_PAD.encode(&b);
+            let _ = Cursor::decode(&s);
+        }
+
+        #[test]
+        fn round_trip_any_valid_cursor(
+            entries in proptest::collection::btree_map("[A-Za-z0-9_.:@/-]{1,40}", ("[A-Za-z0-9]{1,16}", any::<u64>()), 0..8)
+        ) {
+            let mut c = Cursor::new();
+            for (ch, (e, o)) in &entries {
+                c.set(ch, pos(e, *o));
+            }
+            prop_assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        }
+    }
+}

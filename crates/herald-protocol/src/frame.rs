@@ -1,0 +1,391 @@
+//! Client requests and server frames.
+//!
+//! Client frames are JSON text objects with an `op`. They are parsed in two steps: serde reads a
+//! flat, borrowed shape (so `data` stays raw JSON text and is never re-encoded), then
+//! [`ClientFrame::parse`] checks it into a typed request, with a clear [`ProtocolError`] for
+//! every way it can be wrong. Server frames are written by the `encode_*` functions; the message
+//! frame is built once per publication and the same bytes go to every subscriber.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::channel::validate_channel;
+use crate::cursor::StreamPosition;
+use crate::error::{ErrorCode, ProtocolError};
+
+/// Largest `limit` a history request may ask for.
+pub const MAX_HISTORY_LIMIT: usize = 10_000;
+
+/// A request from a client, checked.
+#[derive(Debug, Clone)]
+pub enum ClientFrame<'a> {
+    /// Subscribe to a channel, optionally resuming after `since`.
+    Subscribe {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+        /// Resume point.
+        since: Option<StreamPosition>,
+    },
+    /// Stop receiving a channel.
+    Unsubscribe {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+    },
+    /// Publish `data` (raw JSON text) to a channel.
+    Publish {
+        /// Request id to echo in the ack.
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+        /// The payload, exactly as the client wrote it.
+        data: &'a RawValue,
+        /// Whether the sender skips its own copy.
+        skip_self: bool,
+    },
+    /// Who is in a channel.
+    Presence {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+    },
+    /// Read a channel's history.
+    History {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+        /// Read after this position (absent: the newest `limit` messages).
+        since: Option<StreamPosition>,
+        /// At most this many messages.
+        limit: Option<usize>,
+    },
+    /// Application-level ping (browsers cannot send protocol pings).
+    Ping {
+        /// Request id to echo.
+        id: Option<u64>,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(borrow, default)]
+    channel: Option<&'a str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    skip_self: Option<bool>,
+}
+
+/// A request id that could be read from a frame that was otherwise bad, so the error can echo it.
+pub fn salvage_id(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id)
+}
+
+impl<'a> ClientFrame<'a> {
+    /// Parses one text frame. Never panics.
+    pub fn parse(text: &'a str) -> Result<Self, ProtocolError> {
+        let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|e| {
+            ProtocolError::BadRequest(format!("frame is not a valid request object: {e}"))
+        })?;
+        let id = raw.id;
+        let op = raw
+            .op
+            .ok_or_else(|| ProtocolError::BadRequest("missing field `op`".into()))?;
+        let channel = || -> Result<&'a str, ProtocolError> {
+            let ch = raw
+                .channel
+                .ok_or_else(|| ProtocolError::BadRequest("missing field `channel`".into()))?;
+            validate_channel(ch)?;
+            Ok(ch)
+        };
+        let since = match raw.since {
+            Some(p) => {
+                p.validate()?;
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(match op.as_ref() {
+            "subscribe" => ClientFrame::Subscribe {
+                id,
+                channel: channel()?,
+                since,
+            },
+            "unsubscribe" => ClientFrame::Unsubscribe {
+                id,
+                channel: channel()?,
+            },
+            "publish" => ClientFrame::Publish {
+                id,
+                channel: channel()?,
+                data: raw
+                    .data
+                    .ok_or_else(|| ProtocolError::BadRequest("missing field `data`".into()))?,
+                skip_self: raw.skip_self.unwrap_or(false),
+            },
+            "presence" => ClientFrame::Presence {
+                id,
+                channel: channel()?,
+            },
+            "history" => {
+                if let Some(limit) = raw.limit {
+                    if limit > MAX_HISTORY_LIMIT {
+                        return Err(ProtocolError::BadRequest(format!(
+                            "limit must be at most {MAX_HISTORY_LIMIT}"
+                        )));
+                    }
+                }
+                ClientFrame::History {
+                    id,
+                    channel: channel()?,
+                    since,
+                    limit: raw.limit,
+                }
+            }
+            "ping" => ClientFrame::Ping { id },
+            other => return Err(ProtocolError::UnknownOp(other.chars().take(64).collect())),
+        })
+    }
+}
+
+/// A message as it is written on every text transport: the WebSocket `message` frame, the SSE
+/// `data:` line and each entry of a poll reply are these same bytes.
+#[derive(Serialize)]
+pub struct MessageFrame<'a> {
+    /// Always `"message"`.
+    pub op: &'static str,
+    /// The channel.
+    pub channel: &'a str,
+    /// The history generation.
+    pub epoch: &'a str,
+    /// The offset in the channel.
+    pub offset: u64,
+    /// Publish time, Unix milliseconds.
+    pub ts: u64,
+    /// The payload, raw JSON.
+    pub data: &'a RawValue,
+    /// The publishing client, when a client published it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
+}
+
+/// Encodes a message frame (see [`MessageFrame`]).
+pub fn encode_message(frame: &MessageFrame<'_>) -> String {
+    serde_json::to_string(frame).expect("message frame serializes")
+}
+
+/// A JSON payload standing for binary data on text transports: `{"$binary":"<base64>"}`.
+pub fn binary_marker(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut out = String::with_capacity(16 + bytes.len() * 4 / 3);
+    out.push_str("{\"$binary\":\"");
+    base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut out);
+    out.push_str("\"}");
+    out
+}
+
+/// The first frame on a WebSocket.
+pub fn encode_welcome(client: &str, node: &str, ping_interval_secs: u64) -> String {
+    serde_json::json!({"op": "welcome", "client": client, "node": node, "ping_interval": ping_interval_secs})
+        .to_string()
+}
+
+/// The reply to a subscribe.
+pub fn encode_subscribed(
+    id: Option<u64>,
+    channel: &str,
+    position: &StreamPosition,
+    recovered: bool,
+) -> String {
+    serde_json::json!({"op": "subscribed", "id": id, "channel": channel, "epoch": position.epoch,
+        "offset": position.offset, "recovered": recovered})
+    .to_string()
+}
+
+/// The reply to an unsubscribe.
+pub fn encode_unsubscribed(id: Option<u64>, channel: &str) -> String {
+    serde_json::json!({"op": "unsubscribed", "id": id, "channel": channel}).to_string()
+}
+
+/// The acknowledgement of a publish, sent after the broker accepted it.
+pub fn encode_ack(id: Option<u64>, channel: &str, position: &StreamPosition) -> String {
+    serde_json::json!({"op": "ack", "id": id, "channel": channel, "epoch": position.epoch, "offset": position.offset})
+        .to_string()
+}
+
+/// The reply to an application ping.
+pub fn encode_pong(id: Option<u64>) -> String {
+    serde_json::json!({"op": "pong", "id": id}).to_string()
+}
+
+/// An error frame.
+pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
+    serde_json::json!({"op": "error", "id": id, "code": code.code(), "name": code.name(), "message": message})
+        .to_string()
+}
+
+/// One member of a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// Client id.
+    pub client: String,
+    /// User id (empty when anonymous).
+    pub user: String,
+    /// The node the client is connected to.
+    pub node: String,
+}
+
+/// A join or leave event.
+pub fn encode_join_leave(join: bool, channel: &str, entry: &PresenceEntry) -> String {
+    serde_json::json!({"op": if join {"join"} else {"leave"}, "channel": channel,
+        "client": entry.client, "user": entry.user, "node": entry.node})
+    .to_string()
+}
+
+/// The reply to a presence request.
+pub fn encode_presence(id: Option<u64>, channel: &str, clients: &[PresenceEntry]) -> String {
+    serde_json::json!({"op": "presence", "id": id, "channel": channel, "clients": clients})
+        .to_string()
+}
+
+/// A broadcast to every connection (no channel): `{"op":"broadcast","data":..}`.
+pub fn encode_broadcast(data: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct B<'a> {
+        op: &'static str,
+        data: &'a RawValue,
+    }
+    serde_json::to_string(&B {
+        op: "broadcast",
+        data,
+    })
+    .expect("broadcast serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_op() {
+        let f = ClientFrame::parse(r#"{"op":"subscribe","channel":"chat:a","id":1,"since":{"epoch":"e1","offset":17}}"#).unwrap();
+        match f {
+            ClientFrame::Subscribe { id, channel, since } => {
+                assert_eq!((id, channel), (Some(1), "chat:a"));
+                assert_eq!(
+                    since,
+                    Some(StreamPosition {
+                        epoch: "e1".into(),
+                        offset: 17
+                    })
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let f = ClientFrame::parse(
+            r#"{"op":"publish","channel":"c","data":{"x":[1, 2]},"skip_self":true}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::Publish {
+                data, skip_self, ..
+            } => {
+                assert_eq!(data.get(), r#"{"x":[1, 2]}"#, "data must stay raw");
+                assert!(skip_self);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"ping","id":6}"#).unwrap(),
+            ClientFrame::Ping { id: Some(6) }
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"history","channel":"c","limit":5}"#).unwrap(),
+            ClientFrame::History { limit: Some(5), .. }
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"presence","channel":"c"}"#).unwrap(),
+            ClientFrame::Presence { .. }
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"unsubscribe","channel":"c"}"#).unwrap(),
+            ClientFrame::Unsubscribe { .. }
+        ));
+    }
+
+    #[test]
+    fn every_bad_input_has_its_code() {
+        let cases = [
+            ("not json", ErrorCode::BadRequest),
+            ("[1,2]", ErrorCode::BadRequest),
+            (r#"{"id":1}"#, ErrorCode::BadRequest),
+            (r#"{"op":"fly"}"#, ErrorCode::UnknownOp),
+            (r#"{"op":"subscribe"}"#, ErrorCode::BadRequest),
+            (r#"{"op":"subscribe","channel":"a b"}"#, ErrorCode::InvalidChannel),
+            (r#"{"op":"subscribe","channel":7}"#, ErrorCode::BadRequest),
+            (r#"{"op":"publish","channel":"a"}"#, ErrorCode::BadRequest),
+            (r#"{"op":"subscribe","channel":"a","since":{"epoch":"a\nb","offset":1}}"#, ErrorCode::BadCursor),
+            (r#"{"op":"subscribe","channel":"a","since":{"epoch":"e","offset":-1}}"#, ErrorCode::BadRequest),
+            (r#"{"op":"history","channel":"a","limit":100000}"#, ErrorCode::BadRequest),
+            (r#"{"op":"ping","id":"x"}"#, ErrorCode::BadRequest),
+        ];
+        for (text, code) in cases {
+            let err = ClientFrame::parse(text).unwrap_err();
+            assert_eq!(err.code(), code, "{text}: {err}");
+        }
+        assert_eq!(salvage_id(r#"{"op":"fly","id":9}"#), Some(9));
+    }
+
+    #[test]
+    fn message_frame_embeds_raw_data() {
+        let data = RawValue::from_string(r#"{"a": 1}"#.into()).unwrap();
+        let s = encode_message(&MessageFrame {
+            op: "message",
+            channel: "c",
+            epoch: "e",
+            offset: 3,
+            ts: 9,
+            data: &data,
+            from: Some("cl"),
+        });
+        assert_eq!(
+            s,
+            r#"{"op":"message","channel":"c","epoch":"e","offset":3,"ts":9,"data":{"a": 1},"from":"cl"}"#
+        );
+        assert_eq!(binary_marker(&[0, 255]), r#"{"$binary":"AP8="}"#);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,300}") {
+            let _ = ClientFrame::parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_json_like(
+            op in prop_oneof![Just("subscribe"), Just("publish"), Just("history"), Just("x")],
+            ch in ".{0,10}", extra in ".{0,40}"
+        ) {
+            let text = format!(r#"{{"op":"{op}","channel":{},"data":{extra}}}"#, serde_json::Value::String(ch));
+            let _ = ClientFrame::parse(&text);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Herald's wire contract, with no IO.
+//!
+//! Everything a client and an edge say to each other is defined here, so the edge, the broker
+//! and the load generator agree by construction:
+//!
+//! * [`channel`] — channel names (`[A-Za-z0-9_.:@/-]`, 1..=255 bytes) and their namespace;
+//! * [`cursor`] — [`StreamPosition`] (epoch + offset) and the opaque multi-channel [`Cursor`]
+//!   string used by SSE `id:` lines and long-poll `cursor=` parameters;
+//! * [`frame`] — client requests parsed from JSON text ([`ClientFrame`]) and the builders of
+//!   every server frame; message frames are built once per publication and shared;
+//! * [`binary`] — the binary WebSocket frame layout for binary publish and delivery;
+//! * [`close`] — WebSocket close codes; [`error`] — error codes carried by error frames.
+//!
+//! Parsing never panics on any input: every malformed input becomes a [`ProtocolError`] with a
+//! code and a readable message (property-tested over arbitrary bytes).
+
+pub mod binary;
+pub mod channel;
+pub mod close;
+pub mod cursor;
+pub mod error;
+pub mod frame;
+
+pub use channel::{namespace_of, validate_channel, MAX_CHANNEL_LEN};
+pub use close::CloseCode;
+pub use cursor::{Cursor, StreamPosition};
+pub use error::{ErrorCode, ProtocolError};
+pub use frame::ClientFrame;
