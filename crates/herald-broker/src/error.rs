@@ -1,0 +1,14 @@
+//! Broker errors.
+
+use thiserror::Error;
+
+/// Why a broker call failed.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The broker cannot serve now (Redis down, reconnecting); nothing was done.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered something it should not have.
+    #[error("broker internal error: {0}")]
+    Internal(String),
+}
