@@ -1,0 +1,179 @@
+//! Clients of the systems under test: one [`Subscriber`] type over every (target, transport)
+//! pair, and the HTTP [`publish::HttpPublisher`].
+//!
+//! Every subscriber's [`Subscriber::next`] is cancel-safe (all state lives in `self`), so the
+//! scenario loops can `select!` on it together with timers and cancellation.
+
+pub(crate) mod herald;
+pub(crate) mod http;
+pub(crate) mod nchan;
+pub(crate) mod publish;
+pub(crate) mod sse;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::cli::{Target, Transport};
+use crate::net::Endpoint;
+use crate::payload::Stamp;
+
+/// One message received by a subscriber.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivery {
+    /// Index of the channel in the subscriber's [`SubscribeSpec::channels`] numbering.
+    pub(crate) channel: usize,
+    /// What the sender stamped into the data.
+    pub(crate) stamp: Stamp,
+    /// When it was read, µs since the process epoch.
+    pub(crate) recv_us: u64,
+}
+
+/// Where a subscriber resumes one channel from (Herald: epoch + offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The channel's epoch as raw JSON (string or number, sent back verbatim).
+    pub(crate) epoch: String,
+    /// The last offset seen.
+    pub(crate) offset: u64,
+}
+
+/// What a subscriber connects to and subscribes.
+#[derive(Debug, Clone)]
+pub(crate) struct SubscribeSpec {
+    /// The edge (or nginx) to connect to.
+    pub(crate) endpoint: Endpoint,
+    /// Source address to bind before connecting.
+    pub(crate) source: Option<IpAddr>,
+    /// Channels as (index, name).
+    pub(crate) channels: Vec<(usize, String)>,
+    /// Positions to resume from, parallel to `channels` (Herald WebSocket only).
+    pub(crate) since: Vec<Option<Position>>,
+    /// nchan WebSocket: use the pub/sub location `/ps/<channel>` (to publish over the
+    /// socket) instead of `/sub/<channel>`.
+    pub(crate) pubsub: bool,
+    /// Bound on connecting + handshake + subscribing.
+    pub(crate) timeout: Duration,
+}
+
+impl SubscribeSpec {
+    /// The index of the channel called `name`.
+    pub(crate) fn channel_index(&self, name: &str) -> Option<usize> {
+        self.channels
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(i, _)| *i)
+    }
+}
+
+/// The WebSocket settings of every client socket: small buffers, since a load generator
+/// holds many idle sockets (tungstenite's default read buffer is 128 KiB per socket).
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// A subscribed connection of any target and transport.
+pub(crate) enum Subscriber {
+    /// Herald over WebSocket (can also publish).
+    HeraldWs(herald::WsSession),
+    /// Herald over SSE.
+    HeraldSse(herald::SseSession),
+    /// Herald over long-poll.
+    HeraldPoll(herald::PollSession),
+    /// nchan over WebSocket (pub/sub location: can also publish).
+    NchanWs(nchan::WsSession),
+    /// nchan over EventSource.
+    NchanSse(nchan::SseSession),
+    /// nchan over long-poll.
+    NchanPoll(nchan::PollSession),
+}
+
+impl Subscriber {
+    /// Connects and subscribes; returns once the subscription is in place.
+    /// `http` is the HTTP client to use for SSE and long-poll.
+    pub(crate) async fn connect(
+        target: Target,
+        transport: Transport,
+        spec: SubscribeSpec,
+        http: &reqwest::Client,
+    ) -> Result<Self> {
+        let timeout = spec.timeout;
+        let fut = async {
+            Ok(match (target, transport) {
+                (Target::Herald, Transport::Ws) => {
+                    Subscriber::HeraldWs(herald::WsSession::connect(spec).await?)
+                }
+                (Target::Herald, Transport::Sse) => {
+                    Subscriber::HeraldSse(herald::SseSession::connect(spec, http).await?)
+                }
+                (Target::Herald, Transport::Longpoll) => {
+                    Subscriber::HeraldPoll(herald::PollSession::connect(spec, http).await?)
+                }
+                (Target::Nchan, Transport::Ws) => {
+                    Subscriber::NchanWs(nchan::WsSession::connect(spec).await?)
+                }
+                (Target::Nchan, Transport::Sse) => {
+                    Subscriber::NchanSse(nchan::SseSession::connect(spec, http).await?)
+                }
+                (Target::Nchan, Transport::Longpoll) => {
+                    Subscriber::NchanPoll(nchan::PollSession::connect(spec, http).await?)
+                }
+            })
+        };
+        tokio::time::timeout(timeout, fut).await?
+    }
+
+    /// Waits for the next message(s) and appends them to `out`. Cancel-safe.
+    pub(crate) async fn next(&mut self, out: &mut Vec<Delivery>) -> Result<()> {
+        match self {
+            Subscriber::HeraldWs(s) => s.next(out).await,
+            Subscriber::HeraldSse(s) => s.next(out).await,
+            Subscriber::HeraldPoll(s) => s.next(out).await,
+            Subscriber::NchanWs(s) => s.next(out).await,
+            Subscriber::NchanSse(s) => s.next(out).await,
+            Subscriber::NchanPoll(s) => s.next(out).await,
+        }
+    }
+
+    /// Publishes over this connection (WebSocket only; Herald with an `id` whose ack is
+    /// counted by [`Subscriber::next`]).
+    pub(crate) async fn publish(&mut self, channel: &str, data: String) -> Result<()> {
+        match self {
+            Subscriber::HeraldWs(s) => s.publish(channel, data).await,
+            Subscriber::NchanWs(s) => s.publish(data).await,
+            _ => bail!("only WebSocket connections publish over their own socket"),
+        }
+    }
+
+    /// Publishes this connection's requests answered so far: (acked, rejected).
+    pub(crate) fn publish_replies(&self) -> (u64, u64) {
+        match self {
+            Subscriber::HeraldWs(s) => s.publish_replies(),
+            _ => (0, 0),
+        }
+    }
+
+    /// The Herald WebSocket session, for resume positions.
+    pub(crate) fn herald_ws(&self) -> Option<&herald::WsSession> {
+        match self {
+            Subscriber::HeraldWs(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Closes the connection politely (best effort, at most one second).
+    pub(crate) async fn close(self) {
+        let close = async {
+            match self {
+                Subscriber::HeraldWs(s) => s.close().await,
+                Subscriber::NchanWs(s) => s.close().await,
+                _ => {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+    }
+}

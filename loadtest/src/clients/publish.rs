@@ -1,0 +1,64 @@
+//! Publishing over HTTP: Herald's `POST /api/publish` and nchan's `POST /pub/<channel>`.
+
+use anyhow::{Context, Result};
+
+use super::herald::urlencode;
+use crate::cli::Target;
+use crate::errors::Failure;
+use crate::net::Endpoint;
+
+/// Publishes messages over HTTP keep-alive connections. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct HttpPublisher {
+    /// The connection pool.
+    http: reqwest::Client,
+    /// Herald or nchan.
+    target: Target,
+    /// Where to publish.
+    endpoint: Endpoint,
+}
+
+impl HttpPublisher {
+    /// A publisher against `endpoint`.
+    pub(crate) fn new(http: reqwest::Client, target: Target, endpoint: Endpoint) -> Self {
+        Self {
+            http,
+            target,
+            endpoint,
+        }
+    }
+
+    /// Publishes one message whose data is the JSON text `data`; Ok once the server
+    /// accepted it.
+    pub(crate) async fn publish(&self, channel: &str, data: String) -> Result<()> {
+        let req = match self.target {
+            Target::Herald => {
+                let name = serde_json::to_string(channel)?;
+                self.http
+                    .post(self.endpoint.http_url("/api/publish"))
+                    .header("Content-Type", "application/json")
+                    .body(format!(r#"{{"channel":{name},"data":{data}}}"#))
+            }
+            Target::Nchan => self
+                .http
+                .post(
+                    self.endpoint
+                        .http_url(&format!("/pub/{}", urlencode(channel))),
+                )
+                .header("Content-Type", "application/json")
+                .body(data),
+        };
+        let resp = req.send().await.context("publish request")?;
+        let status = resp.status();
+        // Read the body so the connection goes back to the pool.
+        let body = resp.bytes().await.context("publish reply")?;
+        if !status.is_success() {
+            return Err(Failure::Rejected(format!(
+                "publish answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
