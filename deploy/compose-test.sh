@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# CI check of docker-compose.yml on a machine that cannot pull images:
+#   1. deploy/images.sh makes herald-base:local (cached) and herald-edge:local (host cargo build);
+#   2. the same docker-compose.yml comes up with the image variables pointing at them;
+#   3. tests-deploy/cluster_check.py checks, through nginx on :8080 only: WebSocket, SSE and
+#      long-poll; fan-out across edges; cookie stickiness and least_conn spread; /metrics hidden and
+#      /api guarded; Prometheus sees the three edges up; SIGTERM of an edge (1012, resume, restart)
+#      and `docker kill` of another (clients move to live edges and resume with nothing lost);
+#   4. tear down (containers, network, volumes), keeping the logs in .run/compose-test/.
+#
+# Environment: HERALD_COMPOSE_PROJECT [heraldci], HERALD_HTTP_PORT [8080],
+# HERALD_PROMETHEUS_PORT [9090], HERALD_SKIP_CARGO=1 (use the existing target/release/herald),
+# HERALD_KEEP_UP=1 (leave the cluster running after the checks; `docker-compose -p heraldci down -v`).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROJECT="${HERALD_COMPOSE_PROJECT:-heraldci}"
+export HERALD_HTTP_PORT="${HERALD_HTTP_PORT:-8080}"
+export HERALD_PROMETHEUS_PORT="${HERALD_PROMETHEUS_PORT:-9090}"
+export HERALD_API_KEY="${HERALD_API_KEY:-compose-test-key}"
+OUT="$ROOT/.run/compose-test"
+TIMEOUT="${HERALD_COMPOSE_TIMEOUT:-180}"
+
+say() { printf '[compose-test] %s\n' "$*" >&2; }
+dc() { docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"; }
+
+mkdir -p "$OUT"
+"$ROOT/deploy/images.sh" >/dev/null
+eval "$("$ROOT/deploy/images.sh" env)"
+PY="$("$ROOT/tests-deploy/python.sh")"
+
+teardown() {
+  local rc=$?
+  dc ps >"$OUT/ps.txt" 2>&1 || true
+  dc logs --no-color --timestamps >"$OUT/compose.log" 2>&1 || true
+  if [[ "${HERALD_KEEP_UP:-0}" == 1 ]]; then
+    say "left running (HERALD_KEEP_UP=1): docker-compose -p $PROJECT down -v"
+  else
+    dc down -v --remove-orphans >/dev/null 2>&1 || true
+  fi
+  say "logs: $OUT/compose.log"
+  if [[ $rc == 0 ]]; then say "PASSED"; else say "FAILED (exit $rc)"; fi
+}
+trap teardown EXIT
+
+dc down -v --remove-orphans >/dev/null 2>&1 || true
+say "docker-compose -p $PROJECT up -d --no-build"
+dc up -d --no-build
+
+# docker-compose v1 has no --wait: poll each container's health.
+say "waiting for redis, edge1..3 and nginx to be healthy (timeout ${TIMEOUT}s)"
+deadline=$((SECONDS + TIMEOUT))
+while :; do
+  states=""; all=1
+  for svc in redis edge1 edge2 edge3 nginx; do
+    id="$(dc ps -q "$svc" 2>/dev/null || true)"
+    st="$( [[ -n $id ]] && docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)"
+    states+="$svc=$st "
+    [[ $st == healthy ]] || all=0
+  done
+  [[ $all == 1 ]] && break
+  if ((SECONDS >= deadline)); then say "not healthy after ${TIMEOUT}s: $states"; dc ps >&2; dc logs --tail 30 >&2; exit 1; fi
+  sleep 1
+done
+say "healthy: $states"
+until curl -fs -o /dev/null "http://127.0.0.1:$HERALD_HTTP_PORT/healthz"; do
+  ((SECONDS < deadline)) || { say "nginx does not answer on :$HERALD_HTTP_PORT"; exit 1; }
+  sleep 0.5
+done
+
+DC="docker-compose -p $PROJECT -f $ROOT/docker-compose.yml"
+"$PY" "$ROOT/tests-deploy/cluster_check.py" \
+  --url "http://127.0.0.1:$HERALD_HTTP_PORT" \
+  --prometheus "http://127.0.0.1:$HERALD_PROMETHEUS_PORT" \
+  --api-key "$HERALD_API_KEY" \
+  --stop-cmd "$DC stop -t 30 {node}" --start-cmd "$DC start {node}" --drain-victim edge1 \
+  --kill-cmd "$DC kill {node}" --kill-victim edge2 \
+  2>&1 | tee "$OUT/cluster_check.log"
+exit "${PIPESTATUS[0]}"
