@@ -3,6 +3,7 @@
 //! | code | name | meaning | client should |
 //! |------|------|---------|---------------|
 //! | 1000 | Normal | closed normally (client asked, or unsubscribed from everything) | not reconnect unless it wants to |
+//! | 1007 | InvalidPayload | a text frame was not valid UTF-8 | fix the client |
 //! | 1008 | Policy | bad origin, forbidden | not reconnect |
 //! | 1009 | TooBig | a frame exceeded the message size limit | fix the client |
 //! | 1011 | Internal | internal server error | reconnect with backoff |
@@ -22,6 +23,8 @@
 pub enum CloseCode {
     /// 1000: normal closure.
     Normal = 1000,
+    /// 1007: a text frame was not valid UTF-8.
+    InvalidPayload = 1007,
     /// 1008: policy violation (bad origin, forbidden).
     Policy = 1008,
     /// 1009: a frame was larger than the message size limit.
@@ -54,6 +57,7 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
+            CloseCode::InvalidPayload => "invalid UTF-8",
             CloseCode::Policy => "policy violation",
             CloseCode::TooBig => "message too big",
             CloseCode::Internal => "internal error",
@@ -71,7 +75,7 @@ impl CloseCode {
     pub fn reconnect_allowed(self) -> bool {
         !matches!(
             self,
-            CloseCode::Policy | CloseCode::TooBig | CloseCode::Unauthorized | CloseCode::BadProtocol
+            CloseCode::Policy | CloseCode::InvalidPayload | CloseCode::TooBig | CloseCode::Unauthorized | CloseCode::BadProtocol
         )
     }
 
@@ -79,6 +83,7 @@ impl CloseCode {
     pub fn label(self) -> &'static str {
         match self {
             CloseCode::Normal => "1000",
+            CloseCode::InvalidPayload => "1007",
             CloseCode::Policy => "1008",
             CloseCode::TooBig => "1009",
             CloseCode::Internal => "1011",

@@ -1,0 +1,399 @@
+//! Configuration: clap flags (each also an env var) and a TOML file for namespaces and limits.
+//!
+//! [`EdgeConfig`] is the one config struct; every limit is a field here with a documented
+//! default, and [`EdgeConfig::validate`] rejects nonsense before the node starts (the binary
+//! exits with code 64 on any [`ConfigError`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_broker::HistoryOptions;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Command-line flags. Every flag is also an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "herald", version, about = "Herald edge node: real-time messaging over WebSocket, SSE and polling")]
+pub struct Cli {
+    /// Address for clients (WebSocket, SSE, polling, HTTP API).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address for Prometheus metrics (`GET /metrics`).
+    #[arg(long, env = "HERALD_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub metrics_listen: SocketAddr,
+    /// This node's id (default: the hostname).
+    #[arg(long, env = "HERALD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Redis URL (`redis://[:password@]host:port[/db]` or `rediss://`); absent: in-process broker.
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// TOML file with namespaces and limits.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// API key required on `/api/*` as `Authorization: apikey <key>`.
+    #[arg(long, env = "HERALD_API_KEY")]
+    pub api_key: Option<String>,
+    /// Seconds to drain connections on SIGTERM.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<f64>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML of the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Options of one namespace (the part of a channel name before the first `:`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Messages of history kept per channel (0: none; recovery then only works with no gap).
+    pub history_size: usize,
+    /// Seconds a message stays in history.
+    pub history_ttl_secs: u64,
+    /// Whether the channel keeps a presence list.
+    pub presence: bool,
+    /// Whether subscribers get join/leave events (needs `presence`).
+    pub join_leave: bool,
+    /// Whether clients may publish over WebSocket and `POST /publish` (the API always may).
+    pub client_publish: bool,
+    /// Whether clients may subscribe.
+    pub client_subscribe: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self {
+            history_size: 100,
+            history_ttl_secs: 300,
+            presence: true,
+            join_leave: false,
+            client_publish: true,
+            client_subscribe: true,
+        }
+    }
+}
+
+impl NamespaceConfig {
+    /// History options for the broker.
+    pub fn history(&self) -> HistoryOptions {
+        HistoryOptions {
+            size: self.history_size,
+            ttl: Duration::from_secs(self.history_ttl_secs),
+        }
+    }
+}
+
+/// Limits of one edge.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most client connections (WebSocket + SSE + waiting polls); over it: HTTP 503 or close 1013.
+    pub max_connections: usize,
+    /// Largest message a client may send, bytes (WebSocket frame or HTTP body); over it: close
+    /// 1009 or HTTP 413.
+    pub max_message_size: usize,
+    /// Most channels one connection may subscribe to; over it: error `limit_exceeded`.
+    pub max_channels_per_connection: usize,
+    /// Outbound queue per connection, in messages; when full the connection is closed with 4008
+    /// (SSE: the stream ends) and counted in `herald_slow_consumer_closes_total`.
+    pub outbound_queue: usize,
+    /// Seconds between protocol pings on WebSocket.
+    pub ping_interval_secs: u64,
+    /// Seconds to wait for a pong before closing with 4000.
+    pub ping_timeout_secs: u64,
+    /// Seconds between SSE keep-alive comments.
+    pub sse_heartbeat_secs: u64,
+    /// Longest long-poll wait a client may ask for, seconds.
+    pub poll_max_timeout_secs: u64,
+    /// Seconds to wait after the last local subscriber leaves before unsubscribing the broker.
+    pub unsubscribe_delay_ms: u64,
+    /// WebSocket read buffer per connection, bytes (tungstenite's default 128 KiB is far too big
+    /// for idle sockets).
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection, bytes (flushed every wake-up anyway).
+    pub ws_write_buffer: usize,
+    /// Seconds to drain on SIGTERM.
+    pub shutdown_grace_secs: f64,
+    /// Allowed `Origin` values for browsers (empty: any). A mismatch gets 403 / close 1008.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_message_size: 64 * 1024,
+            max_channels_per_connection: 128,
+            outbound_queue: 1024,
+            ping_interval_secs: 25,
+            ping_timeout_secs: 10,
+            sse_heartbeat_secs: 15,
+            poll_max_timeout_secs: 60,
+            unsubscribe_delay_ms: 2000,
+            ws_read_buffer: 4096,
+            ws_write_buffer: 4096,
+            shutdown_grace_secs: 10.0,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    limits: LimitsConfig,
+    namespaces: BTreeMap<String, NamespaceConfig>,
+    default_namespace: Option<NamespaceConfig>,
+}
+
+/// Everything an edge runs with.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Client listener address.
+    pub listen: SocketAddr,
+    /// Metrics listener address.
+    pub metrics_listen: SocketAddr,
+    /// This node's id.
+    pub node_id: String,
+    /// Redis URL, if clustered.
+    pub redis_url: Option<String>,
+    /// API key for `/api/*`.
+    pub api_key: Option<String>,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Named namespaces.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Options for channels with no namespace or an unlisted one.
+    pub default_namespace: NamespaceConfig,
+    /// Log format (`text` or `json`).
+    pub log_format: String,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            metrics_listen: "127.0.0.1:0".parse().expect("addr"),
+            node_id: "herald".into(),
+            redis_url: None,
+            api_key: None,
+            limits: LimitsConfig::default(),
+            namespaces: BTreeMap::new(),
+            default_namespace: NamespaceConfig::default(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Builds the config from flags and the optional TOML file, then validates it.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut limits = file.limits;
+        if let Some(grace) = cli.shutdown_grace {
+            limits.shutdown_grace_secs = grace;
+        }
+        let node_id = match cli.node_id {
+            Some(id) => id,
+            None => hostname(),
+        };
+        let config = EdgeConfig {
+            listen: cli.listen,
+            metrics_listen: cli.metrics_listen,
+            node_id,
+            redis_url: cli.redis_url.filter(|u| !u.is_empty()),
+            api_key: cli.api_key.filter(|k| !k.is_empty()),
+            limits,
+            namespaces: file.namespaces,
+            default_namespace: file.default_namespace.unwrap_or_default(),
+            log_format: cli.log_format,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value is usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let l = &self.limits;
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return bad(format!(
+                "node id {:?} must be 1..=64 of [A-Za-z0-9._-]",
+                self.node_id
+            ));
+        }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections must be at least 1".into());
+        }
+        if l.max_message_size < 64 || l.max_message_size > 64 * 1024 * 1024 {
+            return bad("limits.max_message_size must be 64 B ..= 64 MiB".into());
+        }
+        if l.max_channels_per_connection == 0 {
+            return bad("limits.max_channels_per_connection must be at least 1".into());
+        }
+        if l.outbound_queue < 2 || l.outbound_queue > 1_000_000 {
+            return bad("limits.outbound_queue must be 2 ..= 1000000".into());
+        }
+        if l.ping_interval_secs == 0 || l.ping_timeout_secs == 0 || l.sse_heartbeat_secs == 0 {
+            return bad("ping interval, ping timeout and SSE heartbeat must be at least 1 s".into());
+        }
+        if l.poll_max_timeout_secs > 600 {
+            return bad("limits.poll_max_timeout_secs must be at most 600".into());
+        }
+        if l.ws_read_buffer < 512 || l.ws_write_buffer > 16 * 1024 * 1024 {
+            return bad("limits.ws_read_buffer must be at least 512 B".into());
+        }
+        if !(l.shutdown_grace_secs.is_finite() && l.shutdown_grace_secs >= 0.0) {
+            return bad("shutdown grace must be a non-negative number of seconds".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(format!(
+                "log format {:?} must be `text` or `json`",
+                self.log_format
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad("redis url must start with redis:// or rediss://".into());
+            }
+        }
+        for (name, ns) in self
+            .namespaces
+            .iter()
+            .map(|(n, c)| (n.as_str(), c))
+            .chain([("default", &self.default_namespace)])
+        {
+            if name.is_empty() || herald_protocol::validate_channel(name).is_err() || name.contains(':') {
+                return bad(format!("namespace name {name:?} is not a valid channel prefix"));
+            }
+            if ns.history_size > 1_000_000 {
+                return bad(format!("namespace {name}: history_size must be at most 1000000"));
+            }
+            if ns.history_size > 0 && ns.history_ttl_secs == 0 {
+                return bad(format!("namespace {name}: history_ttl_secs must be at least 1 when history is on"));
+            }
+            if ns.join_leave && !ns.presence {
+                return bad(format!("namespace {name}: join_leave needs presence = true"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The options of a channel's namespace.
+    pub fn namespace(&self, channel: &str) -> &NamespaceConfig {
+        let ns = herald_protocol::namespace_of(channel);
+        self.namespaces.get(ns).unwrap_or(&self.default_namespace)
+    }
+
+    /// Ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.limits.ping_interval_secs)
+    }
+
+    /// Shutdown grace.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.limits.shutdown_grace_secs)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "herald".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> Result<EdgeConfig, ConfigError> {
+        EdgeConfig::from_cli(Cli::try_parse_from(args).unwrap())
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = parse(&["herald", "--node-id", "n1"]).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.limits.ws_read_buffer, 4096);
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn file_sets_namespaces_and_limits() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("h.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 5\n[namespaces.chat]\nhistory_size = 7\njoin_leave = true\n",
+        )
+        .unwrap();
+        let c = parse(&["herald", "--node-id", "n1", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.namespace("chat:x").history_size, 7);
+        assert!(c.namespace("chat:x").join_leave);
+        assert_eq!(c.namespace("other:x").history_size, 100);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["herald", "--node-id", "bad id"]).is_err());
+        assert!(parse(&["herald", "--node-id", "n", "--redis-url", "http://x"]).is_err());
+        assert!(parse(&["herald", "--node-id", "n", "--log-format", "xml"]).is_err());
+        assert!(parse(&["herald", "--node-id", "n", "--config", "/nonexistent/h.toml"]).is_err());
+        let mut c = EdgeConfig::default();
+        c.limits.outbound_queue = 0;
+        assert!(c.validate().is_err());
+        let mut c = EdgeConfig::default();
+        c.default_namespace.presence = false;
+        c.default_namespace.join_leave = true;
+        assert!(c.validate().is_err());
+    }
+}

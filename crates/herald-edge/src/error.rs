@@ -1,0 +1,146 @@
+//! The edge's one error type, and the one place an error becomes an HTTP status, an error-frame
+//! code and a metric label.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_broker::BrokerError;
+use herald_protocol::{ErrorCode, ProtocolError};
+use thiserror::Error;
+
+/// Where an error came from; doubles as the `source` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something wrong.
+    Client,
+    /// The broker (Redis) failed.
+    Broker,
+    /// Herald itself failed.
+    Internal,
+}
+
+impl ErrorSource {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Broker => "broker",
+            ErrorSource::Internal => "internal",
+        }
+    }
+}
+
+/// Everything that can go wrong serving a request.
+#[derive(Debug, Error)]
+pub enum EdgeError {
+    /// Malformed or invalid client input.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The broker refused or failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The namespace forbids it.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Missing or wrong API key.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A limit was reached.
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    /// The message is larger than allowed.
+    #[error("message too large: {0}")]
+    TooLarge(String),
+    /// Already subscribed.
+    #[error("already subscribed to {0}")]
+    AlreadySubscribed(String),
+    /// Not subscribed.
+    #[error("not subscribed to {0}")]
+    NotSubscribed(String),
+    /// The node is draining or full.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// An unsupported media type, method or path.
+    #[error("{message}")]
+    Http {
+        /// Status to answer with.
+        status: StatusCode,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl EdgeError {
+    /// The error code written in error frames and HTTP bodies.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EdgeError::Protocol(e) => e.code(),
+            EdgeError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
+            EdgeError::Broker(_) => ErrorCode::Internal,
+            EdgeError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            EdgeError::Unauthorized(_) => ErrorCode::Unauthorized,
+            EdgeError::Limit(_) => ErrorCode::LimitExceeded,
+            EdgeError::TooLarge(_) => ErrorCode::MessageTooLarge,
+            EdgeError::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
+            EdgeError::NotSubscribed(_) => ErrorCode::NotSubscribed,
+            EdgeError::Unavailable(_) => ErrorCode::Unavailable,
+            EdgeError::Http { .. } => ErrorCode::BadRequest,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EdgeError::Http { status, .. } => *status,
+            other => StatusCode::from_u16(other.code().http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// Where it came from.
+    pub fn source_tag(&self) -> ErrorSource {
+        match self {
+            EdgeError::Broker(_) => ErrorSource::Broker,
+            EdgeError::Unavailable(_) => ErrorSource::Internal,
+            _ => ErrorSource::Client,
+        }
+    }
+
+    /// A shorthand for an HTTP-level error.
+    pub fn http(status: StatusCode, message: impl Into<String>) -> Self {
+        EdgeError::Http {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The error frame for a WebSocket request with this id.
+    pub fn frame(&self, id: Option<u64>) -> String {
+        herald_protocol::frame::encode_error(id, self.code(), &self.to_string())
+    }
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": {"code": self.code().code(), "name": self.code().name(), "message": self.to_string()}
+        });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_codes() {
+        let e = EdgeError::Broker(BrokerError::Unavailable("down".into()));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.source_tag(), ErrorSource::Broker);
+        let e = EdgeError::TooLarge("x".into());
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let e = EdgeError::Protocol(ProtocolError::BadCursor("x".into()));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.frame(Some(3)).contains("\"id\":3"));
+    }
+}

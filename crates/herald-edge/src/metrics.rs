@@ -1,0 +1,213 @@
+//! Every metric the edge exports, declared in one place.
+//!
+//! Names follow `herald_<subsystem>_<name>_<unit>`; labels have few values (transport, close
+//! code, outcome, error code, source) and never carry a channel or a user. Each node owns its
+//! own [`Metrics`] and registry, so several nodes can run in one test process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::ErrorSource;
+use herald_protocol::{CloseCode, ErrorCode};
+
+/// Transports, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// WebSocket.
+    Ws,
+    /// Server-Sent Events.
+    Sse,
+    /// Long-poll (a poll with a timeout).
+    LongPoll,
+    /// Short poll (`timeout=0`).
+    Poll,
+    /// HTTP API and `POST /publish`.
+    Http,
+}
+
+impl Transport {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+            Transport::Poll => "poll",
+            Transport::Http => "http",
+        }
+    }
+
+    /// All transports that hold connections.
+    pub const CONNECTED: [Transport; 4] = [
+        Transport::Ws,
+        Transport::Sse,
+        Transport::LongPoll,
+        Transport::Poll,
+    ];
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections by transport.
+    pub connections: IntGaugeVec,
+    /// Connections accepted by transport.
+    pub accepted: IntCounterVec,
+    /// Connections refused by transport and reason.
+    pub rejected: IntCounterVec,
+    /// Publications accepted by the broker, by the transport they came in on.
+    pub published: IntCounterVec,
+    /// Publications written to clients, by transport.
+    pub delivered: IntCounterVec,
+    /// Publications dropped by transport and reason (`slow_consumer`, `duplicate`).
+    pub dropped: IntCounterVec,
+    /// Bytes received from clients by transport.
+    pub bytes_in: IntCounterVec,
+    /// Bytes written to clients by transport.
+    pub bytes_out: IntCounterVec,
+    /// Publish time (broker accept) to write into a client socket.
+    pub delivery_latency: HistogramVec,
+    /// Broker publish call duration.
+    pub broker_publish: Histogram,
+    /// Recovery requests by outcome (`recovered`, `not_recovered`).
+    pub recoveries: IntCounterVec,
+    /// Disconnects by close code.
+    pub disconnects: IntCounterVec,
+    /// Connections closed because their outbound queue was full.
+    pub slow_consumers: IntCounterVec,
+    /// Errors by code and source.
+    pub errors: IntCounterVec,
+    /// Channels with local subscribers.
+    pub channels: IntGauge,
+    /// Local subscriptions.
+    pub subscriptions: IntGauge,
+    /// Broadcasts received from the broker.
+    pub broadcasts: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+    registry.register(Box::new(c.clone())).expect("register");
+    c
+}
+
+impl Metrics {
+    /// Declares and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let connections = IntGaugeVec::new(
+            Opts::new("herald_connections_current", "Open client connections."),
+            &["transport"],
+        )
+        .expect("metric");
+        r.register(Box::new(connections.clone())).expect("register");
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_delivery_latency_seconds",
+                "Time from the broker accepting a publication to writing it to a client.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["transport"],
+        )
+        .expect("metric");
+        r.register(Box::new(delivery_latency.clone()))
+            .expect("register");
+        let broker_publish = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_broker_publish_duration_seconds",
+                "Duration of a broker publish call.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )
+        .expect("metric");
+        r.register(Box::new(broker_publish.clone())).expect("register");
+        let channels = IntGauge::new(
+            "herald_hub_channels_current",
+            "Channels with local subscribers.",
+        )
+        .expect("metric");
+        r.register(Box::new(channels.clone())).expect("register");
+        let subscriptions = IntGauge::new(
+            "herald_hub_subscriptions_current",
+            "Local subscriptions (connection x channel).",
+        )
+        .expect("metric");
+        r.register(Box::new(subscriptions.clone())).expect("register");
+        let broadcasts = IntCounter::new(
+            "herald_broadcasts_received_total",
+            "Broadcasts to every connection received from the broker.",
+        )
+        .expect("metric");
+        r.register(Box::new(broadcasts.clone())).expect("register");
+        let m = Self {
+            connections,
+            accepted: counter_vec(r, "herald_connections_accepted_total", "Connections accepted.", &["transport"]),
+            rejected: counter_vec(r, "herald_connections_rejected_total", "Connections refused.", &["transport", "reason"]),
+            published: counter_vec(r, "herald_messages_published_total", "Publications accepted by the broker.", &["transport"]),
+            delivered: counter_vec(r, "herald_messages_delivered_total", "Publications written to clients.", &["transport"]),
+            dropped: counter_vec(r, "herald_messages_dropped_total", "Publications not delivered.", &["transport", "reason"]),
+            bytes_in: counter_vec(r, "herald_transport_received_bytes_total", "Bytes received from clients.", &["transport"]),
+            bytes_out: counter_vec(r, "herald_transport_sent_bytes_total", "Bytes written to clients.", &["transport"]),
+            delivery_latency,
+            broker_publish,
+            recoveries: counter_vec(r, "herald_recovery_requests_total", "Recovery requests by outcome.", &["outcome"]),
+            disconnects: counter_vec(r, "herald_disconnects_total", "Disconnects by close code.", &["code"]),
+            slow_consumers: counter_vec(r, "herald_slow_consumer_closes_total", "Connections closed because their outbound queue was full.", &["transport"]),
+            errors: counter_vec(r, "herald_errors_total", "Errors answered to clients.", &["code", "source"]),
+            channels,
+            subscriptions,
+            broadcasts,
+            registry,
+        };
+        for t in Transport::CONNECTED {
+            m.connections.with_label_values(&[t.label()]);
+            m.accepted.with_label_values(&[t.label()]);
+            m.delivered.with_label_values(&[t.label()]);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = m.registry.register(Box::new(pc));
+        }
+        m
+    }
+
+    /// Counts an error answered to a client.
+    pub fn error(&self, code: ErrorCode, source: ErrorSource) {
+        self.errors
+            .with_label_values(&[code.name(), source.label()])
+            .inc();
+    }
+
+    /// Counts a disconnect.
+    pub fn disconnect(&self, code: CloseCode) {
+        self.disconnects.with_label_values(&[code.label()]).inc();
+    }
+
+    /// The registry, for collectors added by other modules (the Redis broker's gauges).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,263 @@
+//! Listeners, routes, and the life of a node from start to graceful shutdown.
+//!
+//! [`Edge::start`] binds the client and metrics listeners and returns at once with their
+//! addresses; [`Edge::shutdown`] (or SIGTERM in the binary) drains: readiness fails, new
+//! connections are refused, WebSockets are closed with 1012 spread over half the grace period,
+//! SSE streams and polls end, and whatever is left when the grace period ends is dropped.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use herald_broker::memory::MemoryBroker;
+use herald_broker::{Broker, NodeInfo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::EdgeConfig;
+use crate::error::EdgeError;
+use crate::metrics::{Metrics, Transport};
+use crate::node::Node;
+use crate::{api, transport};
+
+/// The cookie naming the edge a browser is on; nginx routes by it.
+pub const NODE_COOKIE: &str = "herald_node";
+
+/// How often the node writes its registry entry.
+const REGISTRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A running edge.
+pub struct Edge {
+    /// The node's shared state.
+    pub node: Arc<Node>,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// Where Prometheus scrapes.
+    pub metrics_addr: SocketAddr,
+    server: JoinHandle<()>,
+    metrics_server: JoinHandle<()>,
+    stop_accepting: tokio_util::sync::CancellationToken,
+}
+
+impl Edge {
+    /// Starts an edge with the broker its config names (Redis when `redis_url` is set).
+    pub async fn start(config: EdgeConfig) -> anyhow::Result<Edge> {
+        let metrics = Arc::new(Metrics::new());
+        let broker: Arc<dyn Broker> = match &config.redis_url {
+            Some(url) => crate::cluster::connect_redis(url, &config, &metrics).await?,
+            None => {
+                let broker = Arc::new(MemoryBroker::new());
+                broker.spawn_sweeper(Duration::from_secs(1), tokio_util::sync::CancellationToken::new());
+                broker
+            }
+        };
+        Self::start_with(config, broker, metrics).await
+    }
+
+    /// Starts an edge over a given broker.
+    pub async fn start_with(
+        config: EdgeConfig,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Edge> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = TcpListener::bind(config.metrics_listen).await?;
+        let addr = listener.local_addr()?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let node = Node::new(config, broker, metrics);
+        let stop_accepting = tokio_util::sync::CancellationToken::new();
+
+        let app = router(node.clone());
+        let stop = stop_accepting.clone();
+        let server = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(cause = %err, "client listener failed");
+            }
+        });
+        let metrics_app = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .with_state(node.clone());
+        let stop = node.shutdown.clone();
+        let metrics_server = tokio::spawn(async move {
+            let _ = axum::serve(metrics_listener, metrics_app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        spawn_registry(node.clone());
+        tracing::info!(node = %node.config.node_id, %addr, %metrics_addr, "edge listening");
+        Ok(Edge {
+            node,
+            addr,
+            metrics_addr,
+            server,
+            metrics_server,
+            stop_accepting,
+        })
+    }
+
+    /// Drains and stops: see the module docs.
+    pub async fn shutdown(self) {
+        let node = self.node.clone();
+        let grace = node.config.shutdown_grace();
+        node.draining.store(true, Ordering::Release);
+        tracing::info!(grace_secs = grace.as_secs_f64(), "draining");
+        self.stop_accepting.cancel();
+        for conn in node.hub.all_connections() {
+            conn.kill(herald_protocol::CloseCode::Restart);
+        }
+        node.shutdown.cancel();
+        node.tracker.close();
+        let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+            node.tracker.wait().await;
+            let _ = self.server.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; dropping the remaining connections");
+        }
+        self.metrics_server.abort();
+        node.broker.shutdown().await;
+    }
+}
+
+fn router(node: Arc<Node>) -> Router {
+    let api = Router::new()
+        .route("/api/publish", post(api::api_publish))
+        .route("/api/broadcast", post(api::api_broadcast))
+        .route("/api/presence/{channel}", get(api::api_presence))
+        .route("/api/history/{channel}", get(api::api_history))
+        .route("/api/info", get(api::api_info))
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_api_key));
+    Router::new()
+        .route("/ws", any(transport::ws::upgrade))
+        .route("/sse", get(transport::sse::handler))
+        .route("/poll", get(transport::poll::handler))
+        .route("/publish", post(api::client_publish))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .merge(crate::pages::routes())
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(node.clone(), node_cookie))
+        .with_state(node)
+}
+
+async fn not_found() -> Response {
+    EdgeError::http(StatusCode::NOT_FOUND, "no such endpoint").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    EdgeError::http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here").into_response()
+}
+
+async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    match api::check_api_key(&node, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            node.metrics.error(e.code(), e.source_tag());
+            e.into_response()
+        }
+    }
+}
+
+/// Sets `herald_node=<node id>` when the browser's cookie names another node (or none), so
+/// nginx keeps it on this edge.
+async fn node_cookie(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let current = cookie_value(req.headers(), NODE_COOKIE);
+    let mut response = next.run(req).await;
+    if current.as_deref() != Some(node.config.node_id.as_str()) {
+        let cookie = format!(
+            "{NODE_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
+            node.config.node_id
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Whether the request's `Origin` (if any) is allowed.
+pub fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+    let allowed = &node.config.limits.allowed_origins;
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        None => true,
+        Some(origin) => allowed.iter().any(|a| a == origin),
+    }
+}
+
+async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This node's registry entry.
+pub fn node_info(node: &Node) -> NodeInfo {
+    let mut connections = BTreeMap::new();
+    for t in Transport::CONNECTED {
+        let n = node
+            .metrics
+            .connections
+            .with_label_values(&[t.label()])
+            .get();
+        connections.insert(t.label().to_owned(), n.max(0) as u64);
+    }
+    let delivered = Transport::CONNECTED
+        .iter()
+        .map(|t| node.metrics.delivered.with_label_values(&[t.label()]).get())
+        .sum();
+    NodeInfo {
+        node: node.config.node_id.clone(),
+        address: node.config.listen.to_string(),
+        connections,
+        channels: node.hub.channel_count() as u64,
+        delivered,
+        published: node.published_count(),
+        uptime_secs: node.uptime_secs(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+fn spawn_registry(node: Arc<Node>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = node.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(err) = node.broker.heartbeat_node(node_info(&node)).await {
+                tracing::warn!(cause = %err, "node registry heartbeat failed");
+            }
+        }
+    });
+}

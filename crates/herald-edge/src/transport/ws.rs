@@ -1,0 +1,631 @@
+//! WebSocket sessions: `GET /ws`.
+//!
+//! The upgrade is done by hand over hyper's upgrade (so tungstenite's buffers can be sized:
+//! its default 128 KiB read buffer per socket would dominate idle memory). Each session is one
+//! task that owns the socket and runs a `select!` over: its cancellation token (slow consumer,
+//! shutdown), socket reads, its bounded outbound queue (drained with `try_recv`, flushed once per
+//! wake-up) and the heartbeat timer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use herald_broker::Payload;
+use herald_protocol::frame::{self, ClientFrame, PresenceEntry};
+use herald_protocol::{CloseCode, ProtocolError};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::EdgeError;
+use crate::hub::{ConnHandle, Outbound};
+use crate::metrics::Transport;
+use crate::node::{ConnectionSlot, Node};
+use crate::subscriptions::{Emit, Subscriptions};
+
+/// Most queued items written per wake-up before yielding to reads and timers.
+const BATCH: usize = 64;
+
+/// Query parameters of `/ws`.
+#[derive(Debug, Deserialize, Default)]
+pub struct WsParams {
+    /// Display name shown in presence (not authenticated).
+    pub user: Option<String>,
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `GET /ws`: checks the handshake, answers 101 and spawns the session.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<WsParams>,
+    mut req: Request<Body>,
+) -> Response {
+    let headers = req.headers();
+    let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
+        && header_has(headers, header::UPGRADE, "websocket");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return EdgeError::http(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request",
+        )
+        .into_response();
+    };
+    if !is_upgrade || req.method() != axum::http::Method::GET {
+        return EdgeError::http(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request")
+            .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v != "13")
+    {
+        return EdgeError::http(StatusCode::BAD_REQUEST, "unsupported WebSocket version")
+            .into_response();
+    }
+    let user = match sanitize_user(params.user) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    // Refusals after the handshake carry a close code a browser can read.
+    let refusal = if !crate::server::origin_allowed(&node, headers) {
+        Some(CloseCode::Policy)
+    } else {
+        None
+    };
+    let slot = match refusal {
+        Some(_) => None,
+        None => node.admit(Transport::Ws).ok(),
+    };
+    let refusal = refusal.or(if slot.is_none() {
+        Some(if node.draining.load(std::sync::atomic::Ordering::Acquire) {
+            CloseCode::Restart
+        } else {
+            CloseCode::TryAgainLater
+        })
+    } else {
+        None
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = ws_config(&node);
+    let task_node = node.clone();
+    node.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::debug!(cause = %err, "websocket upgrade failed");
+                return;
+            }
+        };
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        match (refusal, slot) {
+            (None, Some(slot)) => run(task_node, socket, slot, user).await,
+            (code, _) => {
+                let code = code.unwrap_or(CloseCode::TryAgainLater);
+                task_node.metrics.disconnect(code);
+                let _ = tokio::time::timeout(Duration::from_secs(5), close(&mut socket, code)).await;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("101 response")
+}
+
+/// On shutdown, wait a random part of half the grace period so reconnects spread out.
+async fn spread_restart(grace: Duration) {
+    use rand::Rng as _;
+    let spread = grace.mul_f64(0.5);
+    if spread.is_zero() {
+        return;
+    }
+    let wait = spread.mul_f64(rand::rng().random_range(0.0..1.0));
+    tokio::time::sleep(wait).await;
+}
+
+async fn pong_deadline(ping_sent: Option<Instant>, timeout: Duration) {
+    match ping_sent {
+        Some(sent) => tokio::time::sleep_until(sent + timeout).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Checks a display name from a query string.
+pub fn sanitize_user(user: Option<String>) -> Result<String, EdgeError> {
+    let user = user.unwrap_or_default();
+    if user.len() > 64 || !user.chars().all(|c| c.is_alphanumeric() || "_-. @".contains(c)) {
+        return Err(EdgeError::http(
+            StatusCode::BAD_REQUEST,
+            "user must be at most 64 letters, digits or _-. @",
+        ));
+    }
+    Ok(user)
+}
+
+fn ws_config(node: &Node) -> WebSocketConfig {
+    let l = &node.config.limits;
+    WebSocketConfig::default()
+        .read_buffer_size(l.ws_read_buffer)
+        .write_buffer_size(l.ws_write_buffer)
+        .max_write_buffer_size(l.ws_write_buffer.max(l.max_message_size) * 64)
+        .max_message_size(Some(l.max_message_size))
+        .max_frame_size(Some(l.max_message_size))
+}
+
+async fn close(socket: &mut Socket, code: CloseCode) {
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: Utf8Bytes::from_static(code.reason()),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    // Wait briefly for the client's close reply so the frame is not lost to a reset.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// One WebSocket connection.
+struct Session {
+    node: Arc<Node>,
+    socket: Socket,
+    /// The hub's handle: fan-out sends to `queue`'s other end; `handle.cancel` ends the session.
+    handle: Arc<ConnHandle>,
+    /// Receives what the hub fans out to this connection. Bounded; see `limits.outbound_queue`.
+    queue: tokio::sync::mpsc::Receiver<Outbound>,
+    subs: Subscriptions,
+    entry: PresenceEntry,
+    /// When a ping was sent and no pong has come back yet.
+    ping_sent: Option<Instant>,
+    delivered: u64,
+    bytes_out: u64,
+    emits: Vec<Emit>,
+}
+
+async fn run(node: Arc<Node>, socket: Socket, slot: ConnectionSlot, user: String) {
+    let client = node.new_client_id();
+    let (handle, queue) = node
+        .hub
+        .connect(client.clone(), Transport::Ws, &node.shutdown);
+    let span = tracing::info_span!("conn", client = %client, transport = "ws", node = %node.config.node_id);
+    let entry = PresenceEntry {
+        client: client.to_string(),
+        user,
+        node: node.config.node_id.clone(),
+    };
+    let mut session = Session {
+        node: node.clone(),
+        socket,
+        handle,
+        queue,
+        subs: Subscriptions::default(),
+        entry,
+        ping_sent: None,
+        delivered: 0,
+        bytes_out: 0,
+        emits: Vec::new(),
+    };
+    let code = tracing::Instrument::instrument(session.serve(), span).await;
+    session.node.metrics.disconnect(code);
+    session.leave_all().await;
+    node.hub.disconnect(&session.handle);
+    drop(slot);
+}
+
+enum Flow {
+    Continue,
+    Close(CloseCode),
+    Gone,
+}
+
+impl Session {
+    async fn serve(&mut self) -> CloseCode {
+        let welcome = frame::encode_welcome(
+            &self.entry.client,
+            &self.node.config.node_id,
+            self.node.config.limits.ping_interval_secs,
+        );
+        if self.send_text(welcome).await.is_err() {
+            return CloseCode::Normal;
+        }
+        let interval = self.node.config.ping_interval();
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        let timeout = Duration::from_secs(self.node.config.limits.ping_timeout_secs);
+        let outcome = loop {
+            let flow = tokio::select! {
+                biased;
+                _ = self.handle.cancel.cancelled() => Flow::Close(self.cancel_code()),
+                msg = self.socket.next() => self.on_inbound(msg).await,
+                item = self.queue.recv() => match item {
+                    Some(item) => self.on_outbound(item).await,
+                    None => Flow::Close(CloseCode::Internal),
+                },
+                _ = ticker.tick() => self.on_tick().await,
+                _ = pong_deadline(self.ping_sent, timeout) => Flow::Close(CloseCode::HeartbeatTimeout),
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close(code) => break Some(code),
+                Flow::Gone => break None,
+            }
+        };
+        self.flush_metrics();
+        match outcome {
+            Some(code) => {
+                if code == CloseCode::Restart {
+                    spread_restart(self.node.config.shutdown_grace()).await;
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(self.node.config.limits.ping_timeout_secs),
+                    close(&mut self.socket, code),
+                )
+                .await;
+                code
+            }
+            None => CloseCode::Normal,
+        }
+    }
+
+    fn cancel_code(&self) -> CloseCode {
+        self.handle.close_code().unwrap_or(CloseCode::Restart)
+    }
+
+    async fn on_tick(&mut self) -> Flow {
+        if self.ping_sent.is_some() {
+            return Flow::Continue; // the pong deadline decides
+        }
+        self.ping_sent = Some(Instant::now());
+        match self.write(Message::Ping(Bytes::new())).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Gone,
+        }
+    }
+
+    async fn on_inbound(&mut self, msg: Option<Result<Message, WsError>>) -> Flow {
+        let msg = match msg {
+            None => return Flow::Gone,
+            Some(Ok(m)) => m,
+            Some(Err(WsError::Capacity(_))) => return Flow::Close(CloseCode::TooBig),
+            Some(Err(WsError::Utf8(_))) => return Flow::Close(CloseCode::InvalidPayload),
+            Some(Err(WsError::Protocol(err))) => {
+                tracing::debug!(cause = %err, "websocket protocol error");
+                return Flow::Close(CloseCode::BadProtocol);
+            }
+            Some(Err(_)) => return Flow::Gone,
+        };
+        // Any frame proves the peer is alive.
+        self.ping_sent = None;
+        let metrics = &self.node.metrics;
+        match msg {
+            Message::Text(text) => {
+                metrics
+                    .bytes_in
+                    .with_label_values(&["ws"])
+                    .inc_by(text.len() as u64);
+                self.on_text(&text).await
+            }
+            Message::Binary(data) => {
+                metrics
+                    .bytes_in
+                    .with_label_values(&["ws"])
+                    .inc_by(data.len() as u64);
+                self.on_binary(&data).await
+            }
+            Message::Close(_) => Flow::Gone,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let request = match ClientFrame::parse(text) {
+            Ok(r) => r,
+            Err(err) => return self.reply_error(frame::salvage_id(text), err.into()).await,
+        };
+        let (id, result) = match request {
+            ClientFrame::Subscribe { id, channel, since } => {
+                (id, self.subscribe(id, channel, since).await)
+            }
+            ClientFrame::Unsubscribe { id, channel } => (id, self.unsubscribe(id, channel).await),
+            ClientFrame::Publish {
+                id,
+                channel,
+                data,
+                skip_self,
+            } => {
+                let payload = Payload::Json(data.to_owned());
+                (id, self.publish(id, channel, payload, skip_self).await)
+            }
+            ClientFrame::Presence { id, channel } => (id, self.presence(id, channel).await),
+            ClientFrame::History {
+                id,
+                channel,
+                since,
+                limit,
+            } => (id, self.history(id, channel, since, limit).await),
+            ClientFrame::Ping { id } => (id, self.send_text(frame::encode_pong(id)).await),
+        };
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(SessionError::Gone) => Flow::Gone,
+            Err(SessionError::Edge(err)) => self.reply_error(id, err).await,
+        }
+    }
+
+    async fn on_binary(&mut self, data: &Bytes) -> Flow {
+        let publish = match herald_protocol::binary::parse_binary_publish(data) {
+            Ok(p) => p,
+            Err(err) => return self.reply_error(None, err.into()).await,
+        };
+        let payload = Payload::Binary(data.slice_ref(publish.payload));
+        let channel = publish.channel.to_owned();
+        match self.publish(publish.id, &channel, payload, false).await {
+            Ok(()) => Flow::Continue,
+            Err(SessionError::Gone) => Flow::Gone,
+            Err(SessionError::Edge(err)) => self.reply_error(publish.id, err).await,
+        }
+    }
+
+    async fn reply_error(&mut self, id: Option<u64>, err: EdgeError) -> Flow {
+        self.node.metrics.error(err.code(), err.source_tag());
+        match self.send_text(err.frame(id)).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Gone,
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<herald_protocol::StreamPosition>,
+    ) -> Result<(), SessionError> {
+        self.node.check_subscribe(channel)?;
+        if self.subs.contains(channel) {
+            return Err(EdgeError::AlreadySubscribed(channel.into()).into());
+        }
+        let max = self.node.config.limits.max_channels_per_connection;
+        if self.subs.len() >= max {
+            return Err(EdgeError::Limit(format!("at most {max} channels per connection")).into());
+        }
+        let joined = self.node.join(channel, &self.handle, since.as_ref()).await?;
+        self.subs.insert(channel, &joined.position);
+        self.send_text(frame::encode_subscribed(
+            id,
+            channel,
+            &joined.position,
+            joined.recovered,
+        ))
+        .await?;
+        for p in joined.publications {
+            let d = crate::hub::Delivery::new(p);
+            self.write_delivery(&d).await?;
+        }
+        self.node.presence_join(channel, &self.entry).await;
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Result<(), SessionError> {
+        herald_protocol::validate_channel(channel).map_err(EdgeError::from)?;
+        if !self.subs.remove(channel) {
+            return Err(EdgeError::NotSubscribed(channel.into()).into());
+        }
+        self.node.hub.unsubscribe(channel, &self.handle);
+        self.node.presence_leave(channel, &self.entry).await;
+        self.send_text(frame::encode_unsubscribed(id, channel)).await
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        payload: Payload,
+        skip_self: bool,
+    ) -> Result<(), SessionError> {
+        let position = self
+            .node
+            .publish(
+                channel,
+                payload,
+                Some(self.handle.client.clone()),
+                skip_self,
+                Transport::Ws,
+                false,
+            )
+            .await?;
+        self.send_text(frame::encode_ack(id, channel, &position)).await
+    }
+
+    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), SessionError> {
+        if !self.node.config.namespace(channel).presence {
+            return Err(EdgeError::PermissionDenied(format!("presence is off for {channel}")).into());
+        }
+        let clients = self
+            .node
+            .broker
+            .presence(channel)
+            .await
+            .map_err(EdgeError::from)?;
+        self.send_text(frame::encode_presence(id, channel, &clients))
+            .await
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<herald_protocol::StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<(), SessionError> {
+        let body = crate::api::history_json(&self.node, channel, since, limit).await?;
+        let mut reply = serde_json::json!({"op": "history", "id": id});
+        if let (Some(reply), serde_json::Value::Object(body)) = (reply.as_object_mut(), body) {
+            reply.extend(body);
+        }
+        self.send_text(reply.to_string()).await
+    }
+
+    async fn on_outbound(&mut self, first: Outbound) -> Flow {
+        let mut item = Some(first);
+        let mut n = 0;
+        while let Some(current) = item.take() {
+            if let Err(e) = self.write_outbound(current).await {
+                return match e {
+                    SessionError::Gone => Flow::Gone,
+                    SessionError::Edge(_) => Flow::Close(CloseCode::Internal),
+                };
+            }
+            n += 1;
+            if n < BATCH {
+                item = self.queue.try_recv().ok();
+            }
+        }
+        match self.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Gone,
+        }
+    }
+
+    async fn write_outbound(&mut self, item: Outbound) -> Result<(), SessionError> {
+        let mut emits = std::mem::take(&mut self.emits);
+        match item {
+            Outbound::Publication(d) => self.subs.on_live(&self.node, d, &mut emits).await,
+            Outbound::Event(_, text) => {
+                self.feed(Message::Text(text)).await?;
+            }
+            Outbound::Resync => self.subs.resync(&self.node, &mut emits).await,
+        }
+        let mut result = Ok(());
+        for emit in emits.drain(..) {
+            result = match emit {
+                Emit::Publication(d) => self.write_delivery(&d).await,
+                Emit::Reset { channel, position } => {
+                    self.node
+                        .metrics
+                        .recoveries
+                        .with_label_values(&["reset"])
+                        .inc();
+                    self.feed(Message::Text(Utf8Bytes::from(frame::encode_subscribed(
+                        None, &channel, &position, false,
+                    ))))
+                    .await
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        self.emits = emits;
+        result
+    }
+
+    async fn write_delivery(&mut self, d: &crate::hub::Delivery) -> Result<(), SessionError> {
+        let msg = match d.binary() {
+            Some(b) => Message::Binary(b.clone()),
+            None => Message::Text(d.text().clone()),
+        };
+        let age_ms = herald_broker::now_ms().saturating_sub(d.publication.ts_ms);
+        self.node
+            .metrics
+            .delivery_latency
+            .with_label_values(&["ws"])
+            .observe(age_ms as f64 / 1000.0);
+        self.delivered += 1;
+        self.feed(msg).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), SessionError> {
+        self.feed(Message::Text(Utf8Bytes::from(text))).await?;
+        self.flush().await
+    }
+
+    async fn write(&mut self, msg: Message) -> Result<(), SessionError> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+
+    async fn feed(&mut self, msg: Message) -> Result<(), SessionError> {
+        self.bytes_out += msg.len() as u64;
+        let cancel = self.handle.cancel.clone();
+        tokio::select! {
+            r = self.socket.feed(msg) => r.map_err(|_| SessionError::Gone),
+            _ = cancel.cancelled() => Ok(()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        self.flush_metrics();
+        let cancel = self.handle.cancel.clone();
+        tokio::select! {
+            r = self.socket.flush() => r.map_err(|_| SessionError::Gone),
+            _ = cancel.cancelled() => Ok(()),
+        }
+    }
+
+    fn flush_metrics(&mut self) {
+        let m = &self.node.metrics;
+        if self.delivered > 0 {
+            m.delivered
+                .with_label_values(&["ws"])
+                .inc_by(std::mem::take(&mut self.delivered));
+        }
+        if self.bytes_out > 0 {
+            m.bytes_out
+                .with_label_values(&["ws"])
+                .inc_by(std::mem::take(&mut self.bytes_out));
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        for channel in self.subs.names() {
+            self.node.hub.unsubscribe(&channel, &self.handle);
+            self.node.presence_leave(&channel, &self.entry).await;
+        }
+    }
+}
+
+/// Why a request inside a session failed.
+enum SessionError {
+    /// The socket is gone.
+    Gone,
+    /// The request failed; answer with an error frame.
+    Edge(EdgeError),
+}
+
+impl From<EdgeError> for SessionError {
+    fn from(e: EdgeError) -> Self {
+        SessionError::Edge(e)
+    }
+}
+
+impl From<ProtocolError> for SessionError {
+    fn from(e: ProtocolError) -> Self {
+        SessionError::Edge(e.into())
+    }
+}
