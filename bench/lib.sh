@@ -34,13 +34,14 @@ nchan_module() {
     die "ngx_nchan_module.so not found: apt-get install -y nginx libnginx-mod-nchan"
 }
 
-# pin CPULIST COMMAND...: runs COMMAND pinned with taskset when CPULIST is set and taskset exists.
+# pin CPULIST COMMAND...: execs COMMAND pinned with taskset when CPULIST is set and taskset
+# exists. It execs, so `pin ... &` leaves $! as the server's own pid.
 pin() {
     local cpus="$1"; shift
     if [[ -n $cpus ]] && command -v taskset >/dev/null; then
-        taskset -c "$cpus" "$@"
+        exec taskset -c "$cpus" "$@"
     else
-        "$@"
+        exec "$@"
     fi
 }
 

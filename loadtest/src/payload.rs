@@ -28,7 +28,7 @@ pub(crate) fn encode(stamp: Stamp, size: usize) -> String {
     let pad = size.saturating_sub(head.len() + 2);
     let mut out = String::with_capacity(head.len() + pad + 2);
     out.push_str(&head);
-    out.extend(std::iter::repeat_n('x', pad));
+    out.push_str(&"x".repeat(pad));
     out.push_str("\"}");
     out
 }

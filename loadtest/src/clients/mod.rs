@@ -79,13 +79,13 @@ pub(crate) fn ws_config() -> WebSocketConfig {
 /// A subscribed connection of any target and transport.
 pub(crate) enum Subscriber {
     /// Herald over WebSocket (can also publish).
-    HeraldWs(herald::WsSession),
+    HeraldWs(Box<herald::WsSession>),
     /// Herald over SSE.
     HeraldSse(herald::SseSession),
     /// Herald over long-poll.
     HeraldPoll(herald::PollSession),
     /// nchan over WebSocket (pub/sub location: can also publish).
-    NchanWs(nchan::WsSession),
+    NchanWs(Box<nchan::WsSession>),
     /// nchan over EventSource.
     NchanSse(nchan::SseSession),
     /// nchan over long-poll.
@@ -105,7 +105,7 @@ impl Subscriber {
         let fut = async {
             Ok(match (target, transport) {
                 (Target::Herald, Transport::Ws) => {
-                    Subscriber::HeraldWs(herald::WsSession::connect(spec).await?)
+                    Subscriber::HeraldWs(Box::new(herald::WsSession::connect(spec).await?))
                 }
                 (Target::Herald, Transport::Sse) => {
                     Subscriber::HeraldSse(herald::SseSession::connect(spec, http).await?)
@@ -114,7 +114,7 @@ impl Subscriber {
                     Subscriber::HeraldPoll(herald::PollSession::connect(spec, http).await?)
                 }
                 (Target::Nchan, Transport::Ws) => {
-                    Subscriber::NchanWs(nchan::WsSession::connect(spec).await?)
+                    Subscriber::NchanWs(Box::new(nchan::WsSession::connect(spec).await?))
                 }
                 (Target::Nchan, Transport::Sse) => {
                     Subscriber::NchanSse(nchan::SseSession::connect(spec, http).await?)
@@ -169,8 +169,8 @@ impl Subscriber {
     pub(crate) async fn close(self) {
         let close = async {
             match self {
-                Subscriber::HeraldWs(s) => s.close().await,
-                Subscriber::NchanWs(s) => s.close().await,
+                Subscriber::HeraldWs(s) => (*s).close().await,
+                Subscriber::NchanWs(s) => (*s).close().await,
                 _ => {}
             }
         };

@@ -12,7 +12,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use super::publisher::publish_schedule;
-use super::receiver::open_receivers;
+use super::receiver::{open_receivers, OpenPlan};
 use super::summary::{collect, conn_stats, message_stats};
 use super::{RunContext, Window};
 use crate::latch::Latch;
@@ -25,15 +25,14 @@ pub(crate) async fn run(ctx: Arc<RunContext>) -> Result<(Results, Window)> {
     let (finals_tx, finals_rx) = watch::channel(None);
     let connected = Arc::new(Latch::new(n));
     let done = Arc::new(Latch::new(n));
-    let handles = open_receivers(
-        &ctx,
+    let start = Instant::now();
+    let plan = OpenPlan {
         n,
-        Instant::now(),
-        |i| vec![i % channels],
-        &finals_rx,
-        &connected,
-        &done,
-    );
+        at: |i| start + ctx.ramp_offset(i, n),
+        channels_of: |i| vec![i % channels],
+        hold: true,
+    };
+    let handles = open_receivers(&ctx, plan, &finals_rx, &connected, &done);
     connected.wait().await;
 
     let mut window = Window::begin(&ctx.args.server_pids);

@@ -89,7 +89,7 @@ impl Inbox {
     /// True when every stream of every subscribed channel has fully arrived.
     pub(crate) fn is_complete(&self, finals: &Finals) -> bool {
         self.channels.iter().all(|ch| {
-            finals.per_channel.get(ch).is_none_or(|streams| {
+            finals.per_channel.get(ch).map_or(true, |streams| {
                 streams.iter().all(|f| {
                     self.trackers
                         .get(&(*ch, f.sender))
@@ -163,29 +163,43 @@ pub(crate) async fn drive(
     }
 }
 
-/// Opens `n` subscriber connections, spread over `--ramp` from `start`; connection `i`
-/// subscribes `channels_of(i)`. `connected` counts down once per attempt, `done` once per
-/// connection that has everything (or failed). Each task returns its inbox (None when
+/// How [`open_receivers`] opens and keeps its connections.
+pub(crate) struct OpenPlan<A, C> {
+    /// Number of connections.
+    pub(crate) n: usize,
+    /// When connection `i` is due to start opening (open model: connect latency is
+    /// measured from this instant).
+    pub(crate) at: A,
+    /// The channels connection `i` subscribes.
+    pub(crate) channels_of: C,
+    /// Keep each connection open until the run ends (false: close once subscribed).
+    pub(crate) hold: bool,
+}
+
+/// Opens the connections of `plan`. `connected` counts down once per attempt, `done` once
+/// per connection that has everything (or failed). Each task returns its inbox (None when
 /// the connection never opened).
-pub(crate) fn open_receivers(
+pub(crate) fn open_receivers<A, C>(
     ctx: &Arc<RunContext>,
-    n: usize,
-    start: Instant,
-    channels_of: impl Fn(usize) -> Vec<usize>,
+    plan: OpenPlan<A, C>,
     finals_rx: &FinalsRx,
     connected: &Arc<Latch>,
     done: &Arc<Latch>,
-) -> Vec<JoinHandle<Option<Inbox>>> {
-    (0..n)
+) -> Vec<JoinHandle<Option<Inbox>>>
+where
+    A: Fn(usize) -> Instant,
+    C: Fn(usize) -> Vec<usize>,
+{
+    (0..plan.n)
         .map(|i| {
             let ctx = ctx.clone();
-            let channels = channels_of(i);
+            let channels = (plan.channels_of)(i);
             let finals_rx = finals_rx.clone();
             let (connected, done) = (connected.clone(), done.clone());
+            let at = (plan.at)(i);
+            let hold = plan.hold;
             tokio::spawn(async move {
-                let at = start + ctx.ramp_offset(i, n);
                 tokio::time::sleep_until(at.into()).await;
-                let began = Instant::now();
                 let spec = ctx.spec(i, &channels);
                 let http = ctx.http.for_conn(i);
                 let sub = Subscriber::connect(ctx.args.target, ctx.args.transport, spec, http);
@@ -205,10 +219,15 @@ pub(crate) fn open_receivers(
                     return None;
                 };
                 ctx.connect_latency
-                    .record(i, us_of(Instant::now()) - us_of(began));
-                Counters::add(&ctx.counters.open, 1);
+                    .record(i, us_of(Instant::now()).saturating_sub(us_of(at)));
                 Counters::add(&ctx.counters.connected, 1);
                 let inbox = Inbox::new(i, channels, None);
+                if !hold {
+                    done.count_down();
+                    sub.close().await;
+                    return Some(inbox);
+                }
+                Counters::add(&ctx.counters.open, 1);
                 let (inbox, sub) = drive(&ctx, sub, inbox, finals_rx, &done).await;
                 if let Some(sub) = sub {
                     sub.close().await;
