@@ -11,4 +11,7 @@ pub enum BrokerError {
     /// The broker answered something it should not have.
     #[error("broker internal error: {0}")]
     Internal(String),
+    /// The broker's configuration is invalid (bad URL, zero timeouts); raised at start.
+    #[error("broker configuration: {0}")]
+    Config(String),
 }

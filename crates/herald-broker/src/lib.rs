@@ -11,7 +11,7 @@
 //! * [`memory::MemoryBroker`] — the embedded default: one process, no Redis. Offsets, history
 //!   and presence live in sharded maps; a publish is delivered synchronously under the
 //!   channel's lock, so per-channel delivery order is offset order.
-//! * `redis::RedisBroker` — the cluster: an atomic Lua publish (offset, XADD, PUBLISH), one
+//! * [`redis::RedisBroker`] — the cluster: an atomic Lua publish (offset, XADD, PUBLISH), one
 //!   dedicated pub/sub connection per node, presence hashes and a node registry with TTLs.
 //!
 //! Guarantees every implementation keeps: offsets in a channel grow by exactly one per publish;
@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 
 pub mod error;
 pub mod memory;
+pub mod redis;
 
 pub use error::BrokerError;
 

@@ -21,8 +21,8 @@ use herald_protocol::frame::PresenceEntry;
 use herald_protocol::StreamPosition;
 
 use crate::{
-    new_epoch, now_ms, Broker, BrokerError, BrokerEvent, BrokerEvents, HistoryOptions,
-    HistoryPage, HistoryQuery, NodeInfo, Payload, Publication, PublishRequest,
+    new_epoch, now_ms, Broker, BrokerError, BrokerEvent, BrokerEvents, HistoryOptions, HistoryPage,
+    HistoryQuery, NodeInfo, Payload, Publication, PublishRequest,
 };
 
 /// Number of shards of the channel map.
@@ -346,7 +346,13 @@ impl Broker for MemoryBroker {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
-        Ok(self.node.lock().expect("node lock").iter().cloned().collect())
+        Ok(self
+            .node
+            .lock()
+            .expect("node lock")
+            .iter()
+            .cloned()
+            .collect())
     }
 
     fn is_healthy(&self) -> bool {

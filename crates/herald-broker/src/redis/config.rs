@@ -1,0 +1,154 @@
+//! Configuration of the Redis broker.
+
+use std::time::Duration;
+
+use crate::BrokerError;
+
+/// How a [`super::RedisBroker`] connects and how its background tasks pace themselves.
+///
+/// Every field has a documented default ([`RedisBrokerConfig::default`]); call
+/// [`RedisBrokerConfig::validate`] (done by `connect`) before use.
+#[derive(Debug, Clone)]
+pub struct RedisBrokerConfig {
+    /// `redis://[:password@]host:port[/db]` or `rediss://` (TLS through rustls, system roots).
+    /// Default `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// This node's id: names its registry entry and its probe topic. Default `"node"`.
+    pub node_id: String,
+    /// Prefix of every key and pub/sub topic, so clusters can share one Redis. Default `"herald"`.
+    pub prefix: String,
+    /// How long a presence entry lives without a refresh. The node refreshes its own entries
+    /// every third of it, so a dead node's clients vanish after at most this long. Default 30 s.
+    pub presence_ttl: Duration,
+    /// How long a node's registry entry lives without a heartbeat. Default 30 s.
+    pub node_ttl: Duration,
+    /// How long a channel stays `SUBSCRIBE`d after its last local subscriber left; churn within
+    /// it costs nothing, and expired channels are unsubscribed in one batch. Default 2 s.
+    pub unsubscribe_delay: Duration,
+    /// How often the pub/sub connection is probed (a message to this node's probe topic that
+    /// must come back). Default 5 s.
+    pub probe_interval: Duration,
+    /// How long a probe may take before the connection is declared dead and rebuilt. Default 3 s.
+    pub probe_timeout: Duration,
+    /// Bound on every command (publish, history, presence, subscribe): past it the call fails
+    /// with [`BrokerError::Unavailable`]. Default 1.5 s.
+    pub command_timeout: Duration,
+    /// Bound on opening one connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// First pause before reconnecting the pub/sub connection; doubles per failure. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Longest pause between reconnect attempts (each pause is jittered to 50–100 %). Default 5 s.
+    pub reconnect_max: Duration,
+    /// Number of multiplexed command connections (round-robin). Default 1: see the measurement
+    /// in the `commands` module.
+    pub command_connections: usize,
+    /// Least time a channel's epoch and offset live after its last publish or read: longer than
+    /// the history TTL so a reader at the top of an idle channel still resumes. Default 24 h.
+    pub meta_ttl: Duration,
+    /// Most channels per `SUBSCRIBE`/`UNSUBSCRIBE` command when resubscribing or batching.
+    /// Default 256.
+    pub subscribe_batch: usize,
+}
+
+impl Default for RedisBrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            node_id: "node".into(),
+            prefix: "herald".into(),
+            presence_ttl: Duration::from_secs(30),
+            node_ttl: Duration::from_secs(30),
+            unsubscribe_delay: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            command_timeout: Duration::from_millis(1500),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            command_connections: 1,
+            meta_ttl: Duration::from_secs(24 * 3600),
+            subscribe_batch: 256,
+        }
+    }
+}
+
+impl RedisBrokerConfig {
+    /// A default configuration for `url` and `node_id`.
+    pub fn new(url: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            node_id: node_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |what: &str| Err(BrokerError::Config(what.to_string()));
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
+            return bad("redis url must start with redis:// or rediss://");
+        }
+        if self.node_id.is_empty() || self.node_id.contains(char::is_whitespace) {
+            return bad("node id must be non-empty, without whitespace");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
+            return bad("key prefix must be non-empty, without braces or spaces");
+        }
+        let positive = [
+            ("presence_ttl", self.presence_ttl),
+            ("node_ttl", self.node_ttl),
+            ("probe_interval", self.probe_interval),
+            ("probe_timeout", self.probe_timeout),
+            ("command_timeout", self.command_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_min", self.reconnect_min),
+            ("meta_ttl", self.meta_ttl),
+        ];
+        for (name, value) in positive {
+            if value.as_millis() == 0 {
+                return bad(&format!("{name} must be at least 1 ms"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return bad("reconnect_max must be >= reconnect_min");
+        }
+        if self.command_connections == 0 || self.command_connections > 64 {
+            return bad("command_connections must be 1..=64");
+        }
+        if self.subscribe_batch == 0 {
+            return bad("subscribe_batch must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// How often this node rewrites its presence entries.
+    pub(crate) fn presence_refresh(&self) -> Duration {
+        (self.presence_ttl / 3).max(Duration::from_millis(10))
+    }
+
+    /// How often pending unsubscribes are checked.
+    pub(crate) fn unsubscribe_tick(&self) -> Duration {
+        (self.unsubscribe_delay / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_values_are_refused() {
+        RedisBrokerConfig::default().validate().unwrap();
+        let mut c = RedisBrokerConfig::new("http://x", "n");
+        assert!(c.validate().is_err());
+        c.url = "rediss://:pw@host:6380/0".into();
+        c.validate().unwrap();
+        c.command_connections = 0;
+        assert!(c.validate().is_err());
+        let c = RedisBrokerConfig {
+            reconnect_max: Duration::from_millis(1),
+            ..RedisBrokerConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

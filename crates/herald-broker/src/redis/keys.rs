@@ -1,0 +1,106 @@
+//! Names of every Redis key and pub/sub topic the broker uses.
+//!
+//! With the default prefix `herald` and channel `chat:lobby`:
+//!
+//! | name                         | type    | what                                            |
+//! |------------------------------|---------|-------------------------------------------------|
+//! | `herald:m:{chat:lobby}`      | hash    | `e` = epoch, `o` = newest offset                |
+//! | `herald:h:{chat:lobby}`      | stream  | history; entry id `<offset>-0`, field `d`        |
+//! | `herald:p:{chat:lobby}`      | hash    | presence: client id → `<expiry ms>\|<entry json>` |
+//! | `herald:t:chat:lobby`        | topic   | publications, joins and leaves of the channel   |
+//! | `herald:broadcast`           | topic   | cluster-wide broadcast (every node subscribes)  |
+//! | `herald:probe:<node>:<id>`   | topic   | this broker instance's liveness probe           |
+//! | `herald:node:<node>`         | string  | registry entry (JSON, TTL)                      |
+//! | `herald:nodes`               | set     | ids of nodes that have written an entry         |
+//!
+//! Channel names never contain braces, so the `{channel}` hash tag keeps a channel's keys on
+//! one slot should the keys ever move to a Redis Cluster.
+
+/// Builds key and topic names for one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+    /// `<prefix>:t:`, the front of every channel topic.
+    topic_front: String,
+    broadcast: String,
+    probe: String,
+    nodes: String,
+}
+
+impl Keys {
+    /// Names for `prefix`; `instance` makes the probe topic unique per broker instance.
+    pub(crate) fn new(prefix: &str, node_id: &str, instance: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            topic_front: format!("{prefix}:t:"),
+            broadcast: format!("{prefix}:broadcast"),
+            probe: format!("{prefix}:probe:{node_id}:{instance}"),
+            nodes: format!("{prefix}:nodes"),
+        }
+    }
+
+    /// The channel's epoch/offset hash.
+    pub(crate) fn meta(&self, channel: &str) -> String {
+        format!("{}:m:{{{channel}}}", self.prefix)
+    }
+
+    /// The channel's history stream.
+    pub(crate) fn stream(&self, channel: &str) -> String {
+        format!("{}:h:{{{channel}}}", self.prefix)
+    }
+
+    /// The channel's presence hash.
+    pub(crate) fn presence(&self, channel: &str) -> String {
+        format!("{}:p:{{{channel}}}", self.prefix)
+    }
+
+    /// The channel's pub/sub topic.
+    pub(crate) fn topic(&self, channel: &str) -> String {
+        let mut topic = String::with_capacity(self.topic_front.len() + channel.len());
+        topic.push_str(&self.topic_front);
+        topic.push_str(channel);
+        topic
+    }
+
+    /// The channel a topic belongs to, if it is a channel topic.
+    pub(crate) fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic.strip_prefix(self.topic_front.as_str())
+    }
+
+    /// The cluster broadcast topic.
+    pub(crate) fn broadcast(&self) -> &str {
+        &self.broadcast
+    }
+
+    /// This instance's probe topic.
+    pub(crate) fn probe(&self) -> &str {
+        &self.probe
+    }
+
+    /// A node's registry entry.
+    pub(crate) fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// The set of node ids.
+    pub(crate) fn nodes(&self) -> &str {
+        &self.nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_carry_hash_tags() {
+        let k = Keys::new("herald", "n1", "x");
+        assert_eq!(k.meta("chat:lobby"), "herald:m:{chat:lobby}");
+        assert_eq!(k.stream("chat:lobby"), "herald:h:{chat:lobby}");
+        assert_eq!(k.topic("chat:lobby"), "herald:t:chat:lobby");
+        assert_eq!(k.channel_of("herald:t:chat:lobby"), Some("chat:lobby"));
+        assert_eq!(k.channel_of("herald:broadcast"), None);
+        assert_eq!(k.probe(), "herald:probe:n1:x");
+        assert_eq!(k.node("n1"), "herald:node:n1");
+    }
+}

@@ -1,0 +1,271 @@
+//! The Redis broker: several edges made one cluster through one Redis.
+//!
+//! # How a message travels
+//!
+//! An edge calls [`Broker::publish`]; one Lua script ([`scripts`](self::scripts)) assigns the
+//! next offset of the channel, appends the message to the channel's stream (id `<offset>-0`,
+//! exact `MAXLEN` = the namespace's history size, TTL = its history TTL) and `PUBLISH`es the
+//! very same bytes ([`codec`](self::codec)) on the channel's topic. Every node that has local
+//! subscribers for the channel `SUBSCRIBE`d that topic on its one pub/sub connection
+//! ([`pubsub`](self::pubsub)); its reader decodes the message and calls
+//! [`BrokerEvents::on_event`]. Join and leave go on the same topic, so they reach exactly the
+//! nodes with subscribers; broadcasts go on one cluster topic every node subscribes to.
+//!
+//! # What is guaranteed
+//!
+//! * Offsets grow by one per publish, per channel, across the cluster; events of a channel
+//!   reach the edge in offset order (scripts run one at a time, a topic delivers in order).
+//! * `publish` returns `Ok` only after Redis ran the script; during an outage it fails with
+//!   [`BrokerError::Unavailable`] within `command_timeout` (at once while the pub/sub
+//!   connection is known to be down). A publish that timed out may still have been applied.
+//! * Live delivery is at most once: messages published while a node's pub/sub connection is
+//!   down are not delivered live; after reconnecting the node emits [`BrokerEvent::Resync`]
+//!   and readers recover them from history.
+//! * History answers `recovered: false` whenever it cannot prove it holds every message after
+//!   the reader's position: another epoch (the channel's keys expired, or Redis restarted
+//!   empty, so the script started a new epoch), a position ahead of the newest offset, or the
+//!   next message already trimmed or older than the history TTL.
+//!
+//! # Background tasks (one [`CancellationToken`], one [`TaskTracker`])
+//!
+//! * the pub/sub supervisor — reads, probes, reconnects ([`pubsub::PubSub::run`]);
+//! * the unsubscriber — batches delayed `UNSUBSCRIBE`s;
+//! * the presence refresher — rewrites this node's presence entries every third of their TTL,
+//!   and at once after a reconnect.
+//!
+//! # TLS
+//!
+//! `rediss://` URLs connect through rustls with the `ring` provider and the system's root
+//! certificates (`rustls-native-certs`); `rediss://host/#insecure` skips verification (tests
+//! only). No OpenSSL or other system library is needed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herald_protocol::frame::PresenceEntry;
+use herald_protocol::StreamPosition;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::{
+    Broker, BrokerError, BrokerEvents, HistoryOptions, HistoryPage, HistoryQuery, NodeInfo,
+    Payload, PublishRequest,
+};
+
+mod codec;
+mod commands;
+mod config;
+mod history;
+mod keys;
+mod presence;
+mod publish;
+mod pubsub;
+mod registry;
+mod scripts;
+mod subscriptions;
+
+pub use config::RedisBrokerConfig;
+
+use commands::Commands;
+use keys::Keys;
+use presence::PresenceBook;
+use pubsub::PubSub;
+use scripts::Scripts;
+
+/// The cluster broker over Redis. Create with [`RedisBroker::connect`]; stop with
+/// [`Broker::shutdown`] (or cancel the token given to
+/// [`RedisBroker::connect_with_cancel`]).
+pub struct RedisBroker {
+    config: RedisBrokerConfig,
+    keys: Keys,
+    scripts: Scripts,
+    /// Command connections (publish, history, presence, registry, probes).
+    commands: Arc<Commands>,
+    /// The pub/sub connection and the subscription table.
+    pubsub: Arc<PubSub>,
+    /// Presence entries this node wrote (the refresher rewrites them).
+    presence: PresenceBook,
+    /// Cancels every background task; fired by `shutdown` (or by the owner of the parent).
+    cancel: CancellationToken,
+    /// The background tasks, awaited by `shutdown`.
+    tasks: TaskTracker,
+}
+
+impl RedisBroker {
+    /// Connects (command connections and the pub/sub connection, subscribed to the broadcast
+    /// and probe topics) and starts the background tasks. Fails if Redis cannot be reached now.
+    pub async fn connect(config: RedisBrokerConfig) -> Result<Arc<Self>, BrokerError> {
+        Self::connect_with_cancel(config, CancellationToken::new()).await
+    }
+
+    /// [`RedisBroker::connect`] with background tasks that also stop when `cancel` fires.
+    pub async fn connect_with_cancel(
+        config: RedisBrokerConfig,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, BrokerError> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|err| BrokerError::Config(format!("redis url: {err}")))?;
+        let instance = crate::new_epoch();
+        let keys = Keys::new(&config.prefix, &config.node_id, &instance);
+        let commands = Arc::new(Commands::connect(&client, &config).await?);
+        let pubsub = Arc::new(PubSub::new(client, keys.clone(), config.clone()));
+        let stream = pubsub.establish().await?;
+        let broker = Arc::new(Self {
+            config,
+            keys,
+            scripts: Scripts::new(),
+            commands: commands.clone(),
+            pubsub: pubsub.clone(),
+            presence: PresenceBook::default(),
+            cancel: cancel.child_token(),
+            tasks: TaskTracker::new(),
+        });
+        let cancel = broker.cancel.clone();
+        broker
+            .tasks
+            .spawn(pubsub.clone().run(stream, commands, cancel.clone()));
+        broker
+            .tasks
+            .spawn(pubsub.clone().run_unsubscriber(cancel.clone()));
+        broker
+            .tasks
+            .spawn(presence::run_refresher(Arc::downgrade(&broker), cancel));
+        info!(node = %broker.config.node_id, prefix = %broker.config.prefix, "redis broker connected");
+        Ok(broker)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RedisBrokerConfig {
+        &self.config
+    }
+
+    /// How many times the pub/sub connection was lost and re-established (for metrics).
+    pub fn reconnects(&self) -> u64 {
+        self.pubsub.reconnects()
+    }
+
+    /// When the pub/sub connection last delivered anything (probes arrive every
+    /// `probe_interval`, so this stays recent while the connection is alive).
+    pub fn last_pubsub_activity(&self) -> Instant {
+        self.pubsub.last_activity()
+    }
+
+    /// Seconds since [`RedisBroker::last_pubsub_activity`] (for a gauge).
+    pub fn pubsub_idle_secs(&self) -> f64 {
+        self.pubsub.last_activity().elapsed().as_secs_f64()
+    }
+
+    /// Channels this node currently receives (with at least one local reference).
+    pub fn subscribed_channels(&self) -> usize {
+        self.pubsub.subs.live_count()
+    }
+
+    /// Fails fast when the pub/sub connection is known to be down: Redis is unreachable, and
+    /// waiting for the command timeout would only delay the same answer.
+    fn ensure_connected(&self) -> Result<(), BrokerError> {
+        if self.pubsub.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(
+                "redis connection is down, reconnecting".into(),
+            ))
+        }
+    }
+
+    /// Milliseconds for a Redis TTL argument (at least 1: zero would mean "expire now").
+    fn ttl_ms(ttl: Duration) -> u64 {
+        (ttl.as_millis() as u64).max(1)
+    }
+
+    /// How long a channel's epoch and offset live after a publish or read.
+    fn meta_ttl_ms(&self, history_ttl: Duration) -> u64 {
+        Self::ttl_ms(history_ttl.max(self.config.meta_ttl))
+    }
+}
+
+impl Drop for RedisBroker {
+    /// Stops the background tasks (like a node that died: no cleanup, entries expire).
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn attach(&self, events: Arc<dyn BrokerEvents>) {
+        let _ = self.pubsub.events.set(events);
+    }
+
+    async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, BrokerError> {
+        self.publish_message(request).await
+    }
+
+    async fn broadcast(&self, payload: Payload) -> Result<(), BrokerError> {
+        self.broadcast_message(payload).await
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.pubsub.subscribe(channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.pubsub.unsubscribe(channel);
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        options: HistoryOptions,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.read_history(channel, query, options).await
+    }
+
+    async fn presence_add(
+        &self,
+        channel: &str,
+        entry: PresenceEntry,
+        announce: bool,
+    ) -> Result<(), BrokerError> {
+        self.add_presence(channel, entry, announce).await
+    }
+
+    async fn presence_remove(
+        &self,
+        channel: &str,
+        entry: PresenceEntry,
+        announce: bool,
+    ) -> Result<(), BrokerError> {
+        self.remove_presence(channel, entry, announce).await
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        self.read_presence(channel).await
+    }
+
+    async fn heartbeat_node(&self, info: NodeInfo) -> Result<(), BrokerError> {
+        self.write_node(info).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+        self.read_nodes().await
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.pubsub.is_healthy()
+    }
+
+    async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(self.config.command_timeout, self.tasks.wait()).await;
+        // Best effort: leave the registry and presence now rather than after their TTLs.
+        self.forget_node().await;
+        self.forget_presence().await;
+        info!(node = %self.config.node_id, "redis broker stopped");
+    }
+}

@@ -1,0 +1,218 @@
+//! Presence across the cluster, and this node's share of it.
+//!
+//! Each channel has one hash, client id → `<expiry ms>|<entry json>`; expiries come from
+//! Redis's clock inside the scripts, so node clocks never matter. A node remembers the entries
+//! it added ([`PresenceBook`]) and rewrites them every third of `presence_ttl` (and at once
+//! after a pub/sub reconnect, since a restarted Redis may have lost them). A node that dies
+//! stops refreshing: its entries expire, readers skip them and `presence_read.lua` deletes
+//! them. No `Leave` is announced for entries that merely expire.
+//!
+//! Join and leave are published by the same script that changes the hash, on the channel's
+//! topic, and only when the entry really appeared or disappeared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use herald_protocol::frame::PresenceEntry;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::RedisBroker;
+use crate::BrokerError;
+
+/// Most entries rewritten by one script call.
+const REFRESH_BATCH: usize = 256;
+
+/// The presence entries this node added, so it can keep them alive.
+#[derive(Default)]
+pub(crate) struct PresenceBook {
+    /// (channel, client id) → entry. Changed by add/remove, read by the refresher.
+    local: Mutex<HashMap<(Arc<str>, String), PresenceEntry>>,
+    /// Add and remove hold it shared, the refresher exclusively: a refresh that snapshotted
+    /// an entry never rewrites it after a concurrent remove deleted it.
+    gate: tokio::sync::RwLock<()>,
+}
+
+impl PresenceBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, String), PresenceEntry>> {
+        self.local.lock().expect("presence book lock")
+    }
+}
+
+fn entry_json(entry: &PresenceEntry) -> String {
+    serde_json::to_string(entry).expect("presence entry serializes")
+}
+
+impl RedisBroker {
+    /// Writes `entries` with a fresh expiry; returns how many were new (announced as joins
+    /// when `announce`).
+    async fn write_presence(
+        &self,
+        entries: &[(Arc<str>, PresenceEntry)],
+        announce: bool,
+    ) -> Result<u64, BrokerError> {
+        let mut invocation = self.scripts.presence_add.prepare_invoke();
+        invocation
+            .arg(Self::ttl_ms(self.config.presence_ttl))
+            .arg(if announce { "1" } else { "0" });
+        for (channel, entry) in entries {
+            invocation
+                .key(self.keys.presence(channel))
+                .arg(&entry.client)
+                .arg(entry_json(entry))
+                .arg(self.keys.topic(channel));
+        }
+        self.commands
+            .run("presence add", |mut con| async move {
+                invocation.invoke_async(&mut con).await
+            })
+            .await
+    }
+
+    pub(super) async fn add_presence(
+        &self,
+        channel: &str,
+        entry: PresenceEntry,
+        announce: bool,
+    ) -> Result<(), BrokerError> {
+        self.ensure_connected()?;
+        let _gate = self.presence.gate.read().await;
+        let channel: Arc<str> = Arc::from(channel);
+        let key = (channel.clone(), entry.client.clone());
+        let previous = self.presence.lock().insert(key.clone(), entry.clone());
+        let written = self.write_presence(&[(channel, entry)], announce).await;
+        if written.is_err() {
+            let mut local = self.presence.lock();
+            match previous {
+                Some(previous) => local.insert(key, previous),
+                None => local.remove(&key),
+            };
+        }
+        written.map(|_| ())
+    }
+
+    pub(super) async fn remove_presence(
+        &self,
+        channel: &str,
+        entry: PresenceEntry,
+        announce: bool,
+    ) -> Result<(), BrokerError> {
+        let _gate = self.presence.gate.read().await;
+        // Forget it locally first: even if Redis is down now, it is never refreshed again.
+        self.presence
+            .lock()
+            .remove(&(Arc::from(channel), entry.client.clone()));
+        self.ensure_connected()?;
+        self.commands
+            .run("presence remove", |mut con| async move {
+                self.scripts
+                    .presence_remove
+                    .key(self.keys.presence(channel))
+                    .arg(&entry.client)
+                    .arg(if announce { "1" } else { "0" })
+                    .arg(self.keys.topic(channel))
+                    .arg(entry_json(&entry))
+                    .invoke_async::<i64>(&mut con)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn read_presence(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<PresenceEntry>, BrokerError> {
+        self.ensure_connected()?;
+        let raw: Vec<Vec<u8>> = self
+            .commands
+            .run("presence", |mut con| async move {
+                self.scripts
+                    .presence_read
+                    .key(self.keys.presence(channel))
+                    .invoke_async(&mut con)
+                    .await
+            })
+            .await?;
+        let mut entries: Vec<PresenceEntry> = raw
+            .iter()
+            .filter_map(|json| match serde_json::from_slice(json) {
+                Ok(entry) => Some(entry),
+                Err(err) => {
+                    warn!(channel, cause = %err, "undecodable presence entry skipped");
+                    None
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| a.client.cmp(&b.client));
+        Ok(entries)
+    }
+
+    /// Rewrites every entry this node added, in batches.
+    async fn refresh_presence(&self) -> Result<usize, BrokerError> {
+        let _gate = self.presence.gate.write().await;
+        let entries: Vec<(Arc<str>, PresenceEntry)> = self
+            .presence
+            .lock()
+            .iter()
+            .map(|((channel, _), entry)| (channel.clone(), entry.clone()))
+            .collect();
+        for batch in entries.chunks(REFRESH_BATCH) {
+            self.write_presence(batch, false).await?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Deletes this node's entries (shutdown), without announcing leaves.
+    pub(super) async fn forget_presence(&self) {
+        let entries: Vec<(Arc<str>, String)> =
+            self.presence.lock().drain().map(|(k, _)| k).collect();
+        if entries.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, client) in &entries {
+            pipe.hdel(self.keys.presence(channel), client).ignore();
+        }
+        let done = self
+            .commands
+            .run("presence forget", |mut con| async move {
+                pipe.query_async::<()>(&mut con).await
+            })
+            .await;
+        if let Err(err) = done {
+            debug!(cause = %err, entries = entries.len(), "presence cleanup failed");
+        }
+    }
+}
+
+/// Refreshes the broker's presence entries every third of their TTL and after each reconnect,
+/// until `cancel` or the broker is dropped.
+pub(super) async fn run_refresher(broker: Weak<RedisBroker>, cancel: CancellationToken) {
+    let Some(pubsub) = broker.upgrade().map(|b| b.pubsub.clone()) else {
+        return;
+    };
+    let every = match broker.upgrade() {
+        Some(b) => b.config.presence_refresh(),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = pubsub.reconnected.notified() => {}
+        }
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        if broker.pubsub.is_connected() {
+            match broker.refresh_presence().await {
+                Ok(count) if count > 0 => debug!(entries = count, "presence refreshed"),
+                Ok(_) => {}
+                Err(err) => warn!(cause = %err, "presence refresh failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The node's one dedicated pub/sub connection: subscriptions, the reader, the liveness probe
+//! and reconnection.
+//!
+//! redis-rs's `aio::PubSub` (RESP2, any Redis) is split into a sink (SUBSCRIBE/UNSUBSCRIBE,
+//! awaiting Redis's confirmation) and a stream of messages that simply ends when the socket
+//! dies; it does not reconnect by itself. So this module owns the life cycle:
+//!
+//! 1. [`PubSub::establish`] opens a connection and subscribes the broadcast topic, this
+//!    instance's probe topic and every channel in [`Subscriptions`], in batches.
+//! 2. [`PubSub::run`] (the supervisor task) reads messages in arrival order and hands them to
+//!    [`BrokerEvents`]; Redis delivers one topic's messages in publish order and the publish
+//!    script publishes in offset order, so each channel's events leave in offset order.
+//! 3. Every `probe_interval` a nonce is published (over the command connection) to the probe
+//!    topic; if it is not read back within `probe_timeout` the connection is declared dead.
+//! 4. When the stream ends or the probe fails: unhealthy, no sink, reconnect with capped,
+//!    jittered exponential backoff; after resubscribing, emit [`BrokerEvent::Resync`] (live
+//!    messages may have been missed), check one probe round trip (which also proves the
+//!    command connection is back) and become healthy again.
+//!
+//! SUBSCRIBE and UNSUBSCRIBE for a channel must reach Redis in the order the table changed, so
+//! every wire (un)subscription — from `subscribe`, the unsubscriber task and `establish` —
+//! holds the `wire` lock from its table change to Redis's confirmation.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::Client;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec;
+use super::commands::{map_err, Commands};
+use super::keys::Keys;
+use super::subscriptions::Subscriptions;
+use super::RedisBrokerConfig;
+use crate::{BrokerError, BrokerEvent, BrokerEvents};
+
+/// Why [`PubSub::serve`] returned.
+enum Ended {
+    Cancelled,
+    Lost(&'static str),
+}
+
+/// State of the pub/sub connection, shared by the broker and its background tasks.
+pub(crate) struct PubSub {
+    client: Client,
+    keys: Keys,
+    config: RedisBrokerConfig,
+    /// Channels this node receives.
+    pub(crate) subs: Subscriptions,
+    /// The live connection's sink: set by `establish`, cleared by the supervisor when the
+    /// connection is lost; `subscribe` and the unsubscriber clone it to send commands. `None`
+    /// means disconnected.
+    sink: Mutex<Option<PubSubSink>>,
+    /// Held from a subscription-table change to Redis's confirmation of the matching
+    /// (UN)SUBSCRIBE, so wire commands follow table order.
+    wire: tokio::sync::Mutex<()>,
+    healthy: AtomicBool,
+    reconnects: AtomicU64,
+    started: Instant,
+    /// Milliseconds after `started` when the connection last delivered anything.
+    last_activity_ms: AtomicU64,
+    /// Signalled after every successful reconnect (the presence refresher rewrites entries a
+    /// restarted Redis may have lost).
+    pub(crate) reconnected: Notify,
+    /// The edge's receiver, set once by `attach`; events before it are dropped.
+    pub(crate) events: OnceLock<Arc<dyn BrokerEvents>>,
+}
+
+fn unavailable(what: &str) -> BrokerError {
+    BrokerError::Unavailable(format!("redis pub/sub: {what}"))
+}
+
+impl PubSub {
+    pub(crate) fn new(client: Client, keys: Keys, config: RedisBrokerConfig) -> Self {
+        Self {
+            client,
+            keys,
+            config,
+            subs: Subscriptions::default(),
+            sink: Mutex::new(None),
+            wire: tokio::sync::Mutex::new(()),
+            healthy: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            reconnected: Notify::new(),
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Whether the connection is up and its probe answers.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether a connection is established (it may still fail its probe).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.sink.lock().expect("sink lock").is_some()
+    }
+
+    /// Successful reconnections since start.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// When the connection last delivered a message (probes included).
+    pub(crate) fn last_activity(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn emit(&self, event: BrokerEvent) {
+        if let Some(events) = self.events.get() {
+            events.on_event(event);
+        }
+    }
+
+    fn current_sink(&self) -> Option<PubSubSink> {
+        self.sink.lock().expect("sink lock").clone()
+    }
+
+    /// Opens a connection and subscribes everything this node needs. On success the sink is
+    /// installed and the message stream returned; health is the caller's to set.
+    pub(crate) async fn establish(&self) -> Result<PubSubStream, BrokerError> {
+        let connect = self.client.get_async_pubsub();
+        let connection = tokio::time::timeout(self.config.connect_timeout, connect)
+            .await
+            .map_err(|_| unavailable("connect timed out"))?
+            .map_err(map_err)?;
+        let (mut sink, stream) = connection.split();
+        let _wire = self.wire.lock().await;
+        let mut topics = vec![
+            self.keys.broadcast().to_string(),
+            self.keys.probe().to_string(),
+        ];
+        topics.extend(self.subs.all().iter().map(|c| self.keys.topic(c)));
+        for batch in topics.chunks(self.config.subscribe_batch) {
+            tokio::time::timeout(self.config.command_timeout, sink.subscribe(batch))
+                .await
+                .map_err(|_| unavailable("subscribe timed out"))?
+                .map_err(map_err)?;
+        }
+        *self.sink.lock().expect("sink lock") = Some(sink);
+        self.touch();
+        debug!(topics = topics.len(), "redis pub/sub connection subscribed");
+        Ok(stream)
+    }
+
+    /// Adds a reference to `channel`, subscribing it on the wire if it is new. On error the
+    /// table is as before (the reference is released).
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let _wire = tokio::time::timeout(self.config.command_timeout, self.wire.lock())
+            .await
+            .map_err(|_| unavailable("busy reconnecting"))?;
+        let Some(mut sink) = self.current_sink() else {
+            return Err(unavailable("disconnected"));
+        };
+        if !self.subs.acquire(channel) {
+            return Ok(());
+        }
+        let topic = self.keys.topic(channel);
+        let result = tokio::time::timeout(self.config.command_timeout, sink.subscribe(&topic))
+            .await
+            .map_err(|_| unavailable("subscribe timed out"))
+            .and_then(|r| r.map_err(map_err));
+        if result.is_err() {
+            // Not subscribed as far as anyone knows; should a timed-out SUBSCRIBE have landed
+            // after all, its messages are dropped as unsubscribed until the next reconnect.
+            self.subs.forget(channel);
+        }
+        result
+    }
+
+    /// Drops a reference; the wire UNSUBSCRIBE follows after `unsubscribe_delay`.
+    pub(crate) fn unsubscribe(&self, channel: &str) {
+        if !self.subs.release(channel) {
+            debug!(channel, "unsubscribe of a channel with no subscription");
+        }
+    }
+
+    /// Runs until `cancel`: UNSUBSCRIBEs channels idle for `unsubscribe_delay`, in batches.
+    pub(crate) async fn run_unsubscriber(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.unsubscribe_tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.subs.has_idle() {
+                self.flush_idle().await;
+            }
+        }
+    }
+
+    async fn flush_idle(&self) {
+        let _wire = self.wire.lock().await;
+        let due = self.subs.take_idle(self.config.unsubscribe_delay);
+        if due.is_empty() {
+            return;
+        }
+        // Disconnected: nothing to send, and the reconnect no longer resubscribes them.
+        let Some(mut sink) = self.current_sink() else {
+            return;
+        };
+        for batch in due.chunks(self.config.subscribe_batch) {
+            let topics: Vec<String> = batch.iter().map(|c| self.keys.topic(c)).collect();
+            let sent =
+                tokio::time::timeout(self.config.command_timeout, sink.unsubscribe(&topics)).await;
+            match sent {
+                Ok(Ok(())) => debug!(channels = topics.len(), "unsubscribed idle channels"),
+                Ok(Err(err)) => warn!(cause = %err, channels = topics.len(), "unsubscribe failed"),
+                Err(_) => warn!(channels = topics.len(), "unsubscribe timed out"),
+            }
+        }
+    }
+
+    /// The supervisor: serves `stream`, and reconnects whenever it is lost, until `cancel`.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut stream: PubSubStream,
+        commands: Arc<Commands>,
+        cancel: CancellationToken,
+    ) {
+        self.healthy.store(true, Ordering::Release);
+        loop {
+            let ended = self.serve(&mut stream, &commands, &cancel).await;
+            self.healthy.store(false, Ordering::Release);
+            *self.sink.lock().expect("sink lock") = None;
+            match ended {
+                Ended::Cancelled => return,
+                Ended::Lost(why) => warn!(cause = why, "redis pub/sub connection lost"),
+            }
+            stream = match self.reconnect(&commands, &cancel).await {
+                Some(stream) => stream,
+                None => return,
+            };
+            let count = self.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+            self.healthy.store(true, Ordering::Release);
+            self.reconnected.notify_one();
+            info!(
+                reconnects = count,
+                channels = self.subs.live_count(),
+                "redis pub/sub reconnected and resubscribed"
+            );
+        }
+    }
+
+    /// Retries [`PubSub::establish`] with capped, jittered exponential backoff until a
+    /// connection is subscribed (then [`BrokerEvent::Resync`] is emitted: from here on nothing
+    /// is missed) and a probe made the full round trip through the command connection too.
+    async fn reconnect(
+        &self,
+        commands: &Arc<Commands>,
+        cancel: &CancellationToken,
+    ) -> Option<PubSubStream> {
+        let mut delay = self.config.reconnect_min;
+        for attempt in 1u32.. {
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(jitter(delay)) => {}
+            }
+            let err = match self.establish().await {
+                Ok(mut stream) => {
+                    self.emit(BrokerEvent::Resync);
+                    match self.verify(&mut stream, commands, cancel).await {
+                        Ok(()) => return Some(stream),
+                        Err(err) => err,
+                    }
+                }
+                Err(err) => err,
+            };
+            *self.sink.lock().expect("sink lock") = None;
+            debug!(attempt, cause = %err, "redis pub/sub reconnect failed");
+            if attempt % 10 == 0 {
+                warn!(attempt, cause = %err, "redis still unreachable");
+            }
+            delay = (delay * 2).min(self.config.reconnect_max);
+        }
+        None
+    }
+
+    /// One probe round trip on a fresh connection; other messages are dispatched meanwhile.
+    async fn verify(
+        &self,
+        stream: &mut PubSubStream,
+        commands: &Arc<Commands>,
+        cancel: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let mut pending = Some(self.send_probe(commands));
+        while let Some((_, deadline)) = pending {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(unavailable("shutting down")),
+                message = stream.next() => match message {
+                    Some(message) => self.dispatch(&message, &mut pending),
+                    None => return Err(unavailable("connection closed")),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(unavailable("probe not answered after reconnect"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one connection until it ends, its probe fails, or `cancel`.
+    async fn serve(
+        &self,
+        stream: &mut PubSubStream,
+        commands: &Arc<Commands>,
+        cancel: &CancellationToken,
+    ) -> Ended {
+        let interval = self.config.probe_interval;
+        let mut probe_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The probe in flight: its nonce and the instant it must be back by.
+        let mut pending: Option<(u64, tokio::time::Instant)> = None;
+        loop {
+            let deadline = pending.map(|(_, at)| at);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ended::Cancelled,
+                message = stream.next() => match message {
+                    Some(message) => self.dispatch(&message, &mut pending),
+                    None => return Ended::Lost("connection closed"),
+                },
+                _ = sleep_until(deadline) => {
+                    warn!(timeout_ms = self.config.probe_timeout.as_millis() as u64, "pub/sub probe not answered");
+                    return Ended::Lost("liveness probe timed out");
+                }
+                _ = probe_tick.tick(), if pending.is_none() => {
+                    pending = Some(self.send_probe(commands));
+                }
+            }
+        }
+    }
+
+    /// Publishes a probe over the command connection (in its own task: the reader never waits
+    /// on a command). Returns its nonce and deadline.
+    fn send_probe(&self, commands: &Arc<Commands>) -> (u64, tokio::time::Instant) {
+        let nonce: u64 = rand::random();
+        let topic = self.keys.probe().to_string();
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            let sent = commands
+                .run("probe", |mut con| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(&topic)
+                        .arg(codec::encode_probe(nonce))
+                        .query_async::<i64>(&mut con)
+                        .await
+                })
+                .await;
+            if let Err(err) = sent {
+                debug!(cause = %err, "probe publish failed");
+            }
+        });
+        (
+            nonce,
+            tokio::time::Instant::now() + self.config.probe_timeout,
+        )
+    }
+
+    /// Hands one pub/sub message to the edge.
+    fn dispatch(&self, message: &redis::Msg, pending: &mut Option<(u64, tokio::time::Instant)>) {
+        self.touch();
+        let topic = message.get_channel_name();
+        let bytes = message.get_payload_bytes();
+        if let Some(channel) = self.keys.channel_of(topic) {
+            // Only channels with local subscribers reach the edge.
+            let Some(channel) = self.subs.live(channel) else {
+                return;
+            };
+            match codec::decode_channel_message(&channel, bytes) {
+                Ok(event) => self.emit(event),
+                Err(err) => warn!(channel = %channel, cause = %err, "undecodable message dropped"),
+            }
+        } else if topic == self.keys.broadcast() {
+            match codec::decode_broadcast(bytes) {
+                Ok(payload) => self.emit(BrokerEvent::Broadcast(Arc::new(payload))),
+                Err(err) => warn!(cause = %err, "undecodable broadcast dropped"),
+            }
+        } else if topic == self.keys.probe() {
+            if pending.is_some_and(|(nonce, _)| codec::decode_probe(bytes) == Some(nonce)) {
+                *pending = None;
+            }
+        } else {
+            debug!(topic, "message on an unexpected topic");
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// 50–100 % of `delay`, so nodes that lost Redis together do not return in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    use rand::Rng as _;
+    let ms = delay.as_millis().max(2) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}

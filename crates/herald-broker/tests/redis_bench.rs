@@ -1,0 +1,113 @@
+//! Command-path measurement behind the choice in `src/redis/commands.rs`: the publish script
+//! from 32 concurrent tasks through multiplexed connections versus a deadpool-redis pool.
+//!
+//! `cargo test --release -p herald-broker --test redis_bench -- --ignored --nocapture`
+
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis_support::RedisServer;
+
+const TASKS: usize = 32;
+const PER_TASK: usize = 1250;
+const SCRIPT: &str = include_str!("../src/redis/lua/publish.lua");
+
+fn invocation(script: &redis::Script, task: usize) -> redis::ScriptInvocation<'_> {
+    let mut inv = script.prepare_invoke();
+    inv.key(format!("bench:m:{{c{task}}}"))
+        .key(format!("bench:h:{{c{task}}}"))
+        .arg("epoch000")
+        .arg(100)
+        .arg(60_000)
+        .arg(600_000)
+        .arg(format!("bench:t:c{task}"))
+        .arg(&b"00:{\"text\":\"hello, this is a chat message of typical size\"}"[..]);
+    inv
+}
+
+async fn multiplexed(url: &str, connections: usize) -> f64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(ConnectionManager::new(client.clone()).await.unwrap());
+    }
+    let script = Arc::new(redis::Script::new(SCRIPT));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let mut con = conns[task % connections].clone();
+        let script = script.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..PER_TASK {
+                let _: (String, u64) = invocation(&script, task)
+                    .invoke_async(&mut con)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (TASKS * PER_TASK) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn pooled(url: &str, size: usize) -> f64 {
+    let mut cfg = deadpool_redis::Config::from_url(url);
+    cfg.pool = Some(deadpool_redis::PoolConfig::new(size));
+    let pool = cfg
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let script = Arc::new(redis::Script::new(SCRIPT));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let pool = pool.clone();
+        let script = script.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..PER_TASK {
+                let mut con = pool.get().await.unwrap();
+                let _: (String, u64) = invocation(&script, task)
+                    .invoke_async(&mut *con)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (TASKS * PER_TASK) as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run by hand with --release --ignored --nocapture"]
+async fn publish_throughput_multiplexed_vs_pool() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Warm-up: loads the script, creates the keys.
+    multiplexed(&url, 1).await;
+    for round in 0..2 {
+        println!("round {round}");
+        println!(
+            "  multiplexed x1   {:>8.0} publishes/s",
+            multiplexed(&url, 1).await
+        );
+        println!(
+            "  multiplexed x4   {:>8.0} publishes/s",
+            multiplexed(&url, 4).await
+        );
+        println!(
+            "  deadpool 32      {:>8.0} publishes/s",
+            pooled(&url, 32).await
+        );
+        println!(
+            "  deadpool 8       {:>8.0} publishes/s",
+            pooled(&url, 8).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
