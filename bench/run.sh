@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs one loadtest scenario against Herald and against nginx+nchan on this machine, in one
+# run, REPEATS times each (interleaved), then prints a side-by-side table (median, min-max,
+# Herald / nchan ratio). Results: bench/.run/results/<tag>/*.json.
+#
+# usage: bench/run.sh SCENARIO [herald-loadtest flags...]
+#   bench/run.sh fanout --connections 1000 --rate 100 --duration 20s
+#   STEPS="50 100 200 400" bench/run.sh fanout --connections 1000 --duration 10s  # --rate per step
+#   bench/run.sh idle --connections 10000 --ramp 10s --duration 10s --transport sse
+#
+# environment:
+#   REPEATS=3            runs per target (median with min-max is reported)
+#   TARGETS="herald nchan"
+#   SERVER_CPUS=0        taskset CPU list for the servers (default: 0 on a 2+ core box)
+#   LOADTEST_CPUS=1      taskset CPU list for the loadtest (default: the last CPU)
+#   HERALD_URLS="http://127.0.0.1:8080 ..."   use an already running Herald (nothing started);
+#   HERALD_PIDS="..."    its pids, sampled for CPU and RSS
+#   HERALD_CLUSTER_CMD=deploy/cluster.sh      start/stop Herald with `CMD up` / `CMD down`;
+#                        `CMD up` must print HERALD_URLS=... and HERALD_PIDS=... lines
+#   otherwise one edge from target/release/herald is started, with a Redis of its own
+#   (HERALD_REDIS=0: in-process broker).
+#   TAG=name             results folder name (default: scenario-timestamp)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+[[ $# -ge 1 ]] || { sed -n '2,25p' "$0"; exit 2; }
+SCENARIO="$1"; shift
+REPEATS="${REPEATS:-3}"
+TARGETS="${TARGETS:-herald nchan}"
+NCPU=$(nproc)
+if [[ $NCPU -ge 2 ]]; then
+    SERVER_CPUS="${SERVER_CPUS-0-$((NCPU - 2))}"
+    LOADTEST_CPUS="${LOADTEST_CPUS-$((NCPU - 1))}"
+fi
+TAG="${TAG:-$SCENARIO-$(date +%Y%m%d-%H%M%S)}"
+OUT="$RUN_DIR/results/$TAG"
+mkdir -p "$OUT"
+LOADTEST="$REPO_DIR/target/release/herald-loadtest"
+HERALD_BIN="$REPO_DIR/target/release/herald"
+
+build() {
+    local missing=()
+    [[ -x $LOADTEST ]] || missing+=(-p herald-loadtest)
+    [[ $TARGETS != *herald* || -n ${HERALD_URLS:-} || -n ${HERALD_CLUSTER_CMD:-} || -x $HERALD_BIN ]] ||
+        missing+=(-p herald-edge)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        log "building ${missing[*]} (release)"
+        (cd "$REPO_DIR" && cargo build --release "${missing[@]}")
+    fi
+}
+
+HERALD_STARTED=""
+start_herald() {
+    if [[ -n ${HERALD_URLS:-} ]]; then
+        log "using running Herald at $HERALD_URLS"
+        return
+    fi
+    if [[ -n ${HERALD_CLUSTER_CMD:-} ]]; then
+        local envlines
+        envlines=$(cd "$REPO_DIR" && $HERALD_CLUSTER_CMD up | grep -E '^HERALD_(URLS|PIDS)=')
+        eval "$envlines"
+        HERALD_STARTED="cmd"
+        log "Herald cluster up: $HERALD_URLS"
+        return
+    fi
+    local dir="$RUN_DIR/herald" redis_args=()
+    mkdir -p "$dir"
+    if [[ ${HERALD_REDIS:-1} == 1 ]]; then
+        start_redis herald-redis
+        redis_args=(--redis-url "redis://127.0.0.1:$REDIS_PORT")
+        HERALD_REDIS_PID=$REDIS_PID
+    fi
+    local port mport
+    port=$(free_port); mport=$(free_port)
+    (pin "${SERVER_CPUS:-}" "$HERALD_BIN" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
+        --node-id bench-edge-1 "${redis_args[@]}") >"$dir/edge.log" 2>&1 &
+    echo $! >"$dir/edge.pid"
+    HERALD_URLS="http://127.0.0.1:$port"
+    wait_for "herald edge" 20 curl -sf "$HERALD_URLS/healthz"
+    HERALD_PIDS="$(cat "$dir/edge.pid") ${HERALD_REDIS_PID:-}"
+    HERALD_STARTED="single"
+    log "herald edge pid $(cat "$dir/edge.pid") on $HERALD_URLS"
+}
+
+stop_all() {
+    case "$HERALD_STARTED" in
+        cmd) (cd "$REPO_DIR" && $HERALD_CLUSTER_CMD down) || true ;;
+        single)
+            kill "$(cat "$RUN_DIR/herald/edge.pid")" 2>/dev/null || true
+            [[ -f $RUN_DIR/herald-redis/redis.pid ]] && kill "$(cat "$RUN_DIR/herald-redis/redis.pid")" 2>/dev/null || true
+            ;;
+    esac
+    stop_nchan 2>/dev/null || true
+}
+trap stop_all EXIT
+
+# run_one TARGET REP RATE
+run_one() {
+    local target="$1" rep="$2" rate="$3" urls pids args=()
+    if [[ $target == herald ]]; then urls="$HERALD_URLS"; pids="$HERALD_PIDS"; else urls="$NCHAN_URL"; pids="$NCHAN_PIDS"; fi
+    for u in $urls; do args+=(--url "$u"); done
+    for p in $pids; do args+=(--server-pid "$p"); done
+    [[ -n $rate ]] && args+=(--rate "$rate")
+    local file="$OUT/$SCENARIO-$target${rate:+-r$rate}-$rep.json"
+    log "run $rep/$REPEATS $SCENARIO $target${rate:+ rate $rate}"
+    run_pinned "${LOADTEST_CPUS:-}" "$LOADTEST" "$SCENARIO" --target "$target" "${args[@]}" "$@" --json --quiet \
+        >"$file" 2>"$file.log" || { log "loadtest failed, see $file.log"; return 1; }
+}
+run_pinned() { # like lib.sh's pin, without exec: the loadtest runs in the foreground
+    local cpus="$1"; shift
+    if [[ -n $cpus ]] && command -v taskset >/dev/null; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+build
+[[ $TARGETS == *herald* ]] && start_herald
+[[ $TARGETS == *nchan* ]] && start_nchan
+{
+    echo "scenario=$SCENARIO args=$* repeats=$REPEATS"
+    echo "pinned: servers to CPUs '${SERVER_CPUS:-none}', loadtest to CPUs '${LOADTEST_CPUS:-none}' (of $NCPU)"
+    echo "herald=${HERALD_URLS:-} nchan=${NCHAN_URL:-}"
+} | tee "$OUT/setup.txt"
+
+for rate in ${STEPS:-""}; do
+    for ((rep = 1; rep <= REPEATS; rep++)); do
+        for target in $TARGETS; do
+            run_one "$target" "$rep" "$rate" "$@" || true
+        done
+    done
+done
+python3 "$BENCH_DIR/compare.py" "$OUT"
