@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -77,10 +77,11 @@ pub struct MemoryBroker {
     hasher: RandomState,
     /// Presence: channel → client id → entry. One lock: presence changes once per subscribe.
     presence: Mutex<HashMap<Arc<str>, HashMap<String, PresenceEntry>>>,
-    /// This node's registry entry, written by `heartbeat_node`.
-    node: Mutex<Option<NodeInfo>>,
-    /// The edge's event handler, set once by `attach`.
-    events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// Registry entries by node id, written by `heartbeat_node` (several nodes may share one
+    /// memory broker in tests).
+    nodes: Mutex<HashMap<String, NodeInfo>>,
+    /// The attached edges' event handlers; each gets every event (in-process "cluster").
+    events: RwLock<Vec<Arc<dyn BrokerEvents>>>,
 }
 
 impl Default for MemoryBroker {
@@ -96,8 +97,8 @@ impl MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             presence: Mutex::new(HashMap::new()),
-            node: Mutex::new(None),
-            events: OnceLock::new(),
+            nodes: Mutex::new(HashMap::new()),
+            events: RwLock::new(Vec::new()),
         }
     }
 
@@ -116,8 +117,13 @@ impl MemoryBroker {
     }
 
     fn emit(&self, event: BrokerEvent) {
-        if let Some(events) = self.events.get() {
-            events.on_event(event);
+        let handlers = self.events.read().expect("events lock");
+        if let [only] = handlers.as_slice() {
+            only.on_event(event);
+        } else {
+            for h in handlers.iter() {
+                h.on_event(event.clone());
+            }
         }
     }
 
@@ -178,7 +184,7 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     fn attach(&self, events: Arc<dyn BrokerEvents>) {
-        let _ = self.events.set(events);
+        self.events.write().expect("events lock").push(events);
     }
 
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, BrokerError> {
@@ -341,18 +347,23 @@ impl Broker for MemoryBroker {
     }
 
     async fn heartbeat_node(&self, info: NodeInfo) -> Result<(), BrokerError> {
-        *self.node.lock().expect("node lock") = Some(info);
+        self.nodes
+            .lock()
+            .expect("nodes lock")
+            .insert(info.node.clone(), info);
         Ok(())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
-        Ok(self
-            .node
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes
             .lock()
-            .expect("node lock")
-            .iter()
+            .expect("nodes lock")
+            .values()
             .cloned()
-            .collect())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
     }
 
     fn is_healthy(&self) -> bool {

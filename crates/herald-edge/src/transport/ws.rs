@@ -427,6 +427,7 @@ impl Session {
             let d = crate::hub::Delivery::new(p);
             self.write_delivery(&d).await?;
         }
+        self.flush().await?;
         self.node.presence_join(channel, &self.entry).await;
         Ok(())
     }
