@@ -103,4 +103,19 @@ impl Commands {
             ))),
         }
     }
+
+    /// PINGs every connection: after an outage each one's first command fails (and makes it
+    /// reconnect), so this is done once before the broker calls itself healthy again.
+    pub(crate) async fn ping_all(&self) -> Result<(), BrokerError> {
+        for connection in &self.connections {
+            let mut connection = connection.clone();
+            let command = redis::cmd("PING");
+            let ping = command.query_async::<String>(&mut connection);
+            match tokio::time::timeout(self.timeout, ping).await {
+                Ok(result) => result.map(|_| ()).map_err(map_err)?,
+                Err(_) => return Err(BrokerError::Unavailable("redis: ping timed out".into())),
+            }
+        }
+        Ok(())
+    }
 }

@@ -2,12 +2,12 @@
 //!
 //! # How a message travels
 //!
-//! An edge calls [`Broker::publish`]; one Lua script ([`scripts`](self::scripts)) assigns the
+//! An edge calls [`Broker::publish`]; one Lua script (`scripts.rs`, `lua/publish.lua`) assigns the
 //! next offset of the channel, appends the message to the channel's stream (id `<offset>-0`,
 //! exact `MAXLEN` = the namespace's history size, TTL = its history TTL) and `PUBLISH`es the
-//! very same bytes ([`codec`](self::codec)) on the channel's topic. Every node that has local
+//! very same bytes (`codec.rs`) on the channel's topic. Every node that has local
 //! subscribers for the channel `SUBSCRIBE`d that topic on its one pub/sub connection
-//! ([`pubsub`](self::pubsub)); its reader decodes the message and calls
+//! (`pubsub.rs`); its reader decodes the message and calls
 //! [`BrokerEvents::on_event`]. Join and leave go on the same topic, so they reach exactly the
 //! nodes with subscribers; broadcasts go on one cluster topic every node subscribes to.
 //!
@@ -19,7 +19,7 @@
 //!   [`BrokerError::Unavailable`] within `command_timeout` (at once while the pub/sub
 //!   connection is known to be down). A publish that timed out may still have been applied.
 //! * Live delivery is at most once: messages published while a node's pub/sub connection is
-//!   down are not delivered live; after reconnecting the node emits [`BrokerEvent::Resync`]
+//!   down are not delivered live; after reconnecting the node emits [`BrokerEvent::Resync`](crate::BrokerEvent::Resync)
 //!   and readers recover them from history.
 //! * History answers `recovered: false` whenever it cannot prove it holds every message after
 //!   the reader's position: another epoch (the channel's keys expired, or Redis restarted
@@ -28,7 +28,7 @@
 //!
 //! # Background tasks (one [`CancellationToken`], one [`TaskTracker`])
 //!
-//! * the pub/sub supervisor — reads, probes, reconnects ([`pubsub::PubSub::run`]);
+//! * the pub/sub supervisor — reads, probes, reconnects (`pubsub.rs`);
 //! * the unsubscriber — batches delayed `UNSUBSCRIBE`s;
 //! * the presence refresher — rewrites this node's presence entries every third of their TTL,
 //!   and at once after a reconnect.

@@ -290,14 +290,38 @@ impl PubSub {
     }
 
     /// One probe round trip on a fresh connection; other messages are dispatched meanwhile.
+    /// The command connections may not have noticed the outage yet (the first command after a
+    /// restart fails with a broken pipe and makes the connection reconnect), so every one is
+    /// PINGed and the probe published, retried until `probe_timeout`.
     async fn verify(
         &self,
         stream: &mut PubSubStream,
         commands: &Arc<Commands>,
         cancel: &CancellationToken,
     ) -> Result<(), BrokerError> {
-        let mut pending = Some(self.send_probe(commands));
-        while let Some((_, deadline)) = pending {
+        let deadline = tokio::time::Instant::now() + self.config.probe_timeout;
+        let nonce = loop {
+            let nonce: u64 = rand::random();
+            let sent = match commands.ping_all().await {
+                Ok(()) => self.publish_probe(commands, nonce).await,
+                Err(err) => Err(err),
+            };
+            match sent {
+                Ok(()) => break nonce,
+                Err(err) if tokio::time::Instant::now() + VERIFY_RETRY >= deadline => {
+                    return Err(err)
+                }
+                Err(err) => {
+                    debug!(cause = %err, "probe publish after reconnect failed, retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(unavailable("shutting down")),
+                        _ = tokio::time::sleep(VERIFY_RETRY) => {}
+                    }
+                }
+            }
+        };
+        let mut pending = Some((nonce, deadline));
+        while pending.is_some() {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(unavailable("shutting down")),
                 message = stream.next() => match message {
@@ -349,19 +373,10 @@ impl PubSub {
     /// on a command). Returns its nonce and deadline.
     fn send_probe(&self, commands: &Arc<Commands>) -> (u64, tokio::time::Instant) {
         let nonce: u64 = rand::random();
-        let topic = self.keys.probe().to_string();
-        let commands = commands.clone();
+        let this = (self.keys.probe().to_string(), commands.clone());
         tokio::spawn(async move {
-            let sent = commands
-                .run("probe", |mut con| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(&topic)
-                        .arg(codec::encode_probe(nonce))
-                        .query_async::<i64>(&mut con)
-                        .await
-                })
-                .await;
-            if let Err(err) = sent {
+            let (topic, commands) = this;
+            if let Err(err) = publish_probe(&commands, &topic, nonce).await {
                 debug!(cause = %err, "probe publish failed");
             }
         });
@@ -369,6 +384,10 @@ impl PubSub {
             nonce,
             tokio::time::Instant::now() + self.config.probe_timeout,
         )
+    }
+
+    async fn publish_probe(&self, commands: &Commands, nonce: u64) -> Result<(), BrokerError> {
+        publish_probe(commands, self.keys.probe(), nonce).await
     }
 
     /// Hands one pub/sub message to the edge.
@@ -398,6 +417,22 @@ impl PubSub {
             debug!(topic, "message on an unexpected topic");
         }
     }
+}
+
+/// Pause between probe publishes while verifying a fresh connection.
+const VERIFY_RETRY: Duration = Duration::from_millis(50);
+
+async fn publish_probe(commands: &Commands, topic: &str, nonce: u64) -> Result<(), BrokerError> {
+    commands
+        .run("probe", |mut con| async move {
+            redis::cmd("PUBLISH")
+                .arg(topic)
+                .arg(codec::encode_probe(nonce))
+                .query_async::<i64>(&mut con)
+                .await
+        })
+        .await
+        .map(|_| ())
 }
 
 /// Sleeps until `deadline`, or forever without one.
