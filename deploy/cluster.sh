@@ -31,6 +31,7 @@
 #   HERALD_CLUSTER_GRACE [5]               edges' --shutdown-grace, seconds
 #   HERALD_CLUSTER_LOG_FORMAT [text]       HERALD_CLUSTER_TIMEOUT [60] seconds to wait for readiness
 #   HERALD_CLUSTER_DIR [.run/cluster]      HERALD_BIN [target/release/herald]   RUST_LOG [info]
+#   HERALD_CLUSTER_KEEP_FAILED=1           leave a cluster whose `up` failed running, for inspection
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,7 +43,17 @@ LOG_FORMAT="${HERALD_CLUSTER_LOG_FORMAT:-text}"
 WITH_PROM="${HERALD_CLUSTER_PROMETHEUS:-1}"
 
 say()  { printf '[cluster] %s\n' "$*" >&2; }
-die()  { say "error: $*"; exit 1; }
+UP_IN_PROGRESS=0
+die() {
+  say "error: $*"
+  # A failed `up` stops what it started (logs stay) unless asked to keep it for inspection.
+  if [[ $UP_IN_PROGRESS == 1 && "${HERALD_CLUSTER_KEEP_FAILED:-0}" != 1 ]]; then
+    UP_IN_PROGRESS=0
+    say "stopping the partial cluster (HERALD_CLUSTER_KEEP_FAILED=1 keeps it)"
+    cmd_down || true
+  fi
+  exit 1
+}
 
 # ---------------------------------------------------------------- process bookkeeping
 
@@ -307,7 +318,10 @@ cmd_up() {
     || die "prometheus not found (apt-get install prometheus, or HERALD_CLUSTER_PROMETHEUS=0)"
   # Many sockets per process: raise the soft descriptor limit as far as allowed.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  local was_running=0
+  [[ -f "$RUN/cluster.env" ]] && any_running && was_running=1
   plan
+  [[ $was_running == 1 ]] || UP_IN_PROGRESS=1
   start_redis
   wait_for redis redis_ok
   local n
@@ -317,6 +331,7 @@ cmd_up() {
   wait_for nginx nginx_ok
   start_prometheus
   [[ "$HERALD_CLUSTER_WITH_PROMETHEUS" != 1 ]] || wait_for prometheus prometheus_ok
+  UP_IN_PROGRESS=0
   say "up: $HERALD_CLUSTER_URL (state and logs in $RUN)"
   cmd_status
 }

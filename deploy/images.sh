@@ -98,7 +98,7 @@ build_edge() {
   docker build -q -t "$EDGE_IMAGE" -f - "$ctx" >/dev/null <<DOCKERFILE
 FROM $BASE_IMAGE
 COPY herald /usr/local/bin/herald
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin herald
+RUN useradd --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin herald
 USER herald
 EXPOSE 8080 9091
 STOPSIGNAL SIGTERM

@@ -419,6 +419,7 @@ async def run_sse_resilient(st: Resilient, http: Http, ready: asyncio.Event) -> 
             headers = {"Accept": "text/event-stream", **st.jar.header()}
             if last_id:
                 headers["Last-Event-ID"] = last_id
+            resumed = last_id is not None
             resp = await http.open("GET", f"/sse?channel={urllib.parse.quote(st.channel)}", headers)
             st.jar.update(resp.all("Set-Cookie"))
             if resp.status != 200:
@@ -443,9 +444,15 @@ async def run_sse_resilient(st: Resilient, http: Http, ready: asyncio.Event) -> 
                             w = {}
                         node = w.get("node") or st.jar.node
                         st.nodes.append(node)
-                        if last_id is not None and "recovered" in w:
-                            st.recovered.append(w.get("recovered"))
                         ready.set()
+                    elif ev["event"] == "subscribed":
+                        if resumed:
+                            try:
+                                st.recovered.append(json.loads(ev["data"]).get("recovered"))
+                            except ValueError:
+                                st.recovered.append("unparsable")
+                        if ev["id"]:
+                            last_id = ev["id"]
                     elif ev["event"] == "message":
                         m = json.loads(ev["data"])
                         if m.get("channel") == st.channel:
@@ -481,10 +488,11 @@ async def run_poll_resilient(st: Resilient, http: Http, ready: asyncio.Event, ti
             st.jar.update(resp.all("Set-Cookie"))
             if resp.status != 200:
                 raise RuntimeError(f"/poll answered {resp.status}: {resp.body[:200]!r}")
-            st.nodes.append(st.jar.node)
+            if not st.nodes or st.nodes[-1] != st.jar.node:
+                st.nodes.append(st.jar.node)
             body = json.loads(resp.body)
             if cursor is not None and body.get("recovered") is False:
-                st.recovered.append(False)
+                st.recovered.append(False)  # every poll with a cursor is a resume
             for m in body.get("messages", []):
                 if m.get("channel") == st.channel:
                     st.seqs.append((m.get("data") or {}).get("seq"))
@@ -661,13 +669,7 @@ async def check_fanout(cl: Cluster, by_node: dict[str, WsClient]) -> str:
     offsets = [m["offset"] for m in clients[0].messages.get(ch, [])]
     check(offsets == list(range(offsets[0], offsets[0] + len(offsets))) if offsets else False,
           "offsets grow by exactly 1 per publish", str(offsets))
-    for st in sse_states + [pst]:
-        st.stop = True
-    for t in tasks:
-        try:
-            await asyncio.wait_for(t, 25)
-        except Exception:
-            t.cancel()
+    await stop_all(sse_states + [pst], tasks)
     return ch
 
 
@@ -749,14 +751,16 @@ async def failover(cl: Cluster, victim: str, cmd: str, mode: str, messages: int,
         except Exception as e:  # noqa: BLE001
             log(f"publish {i} failed: {e!r}")
         await asyncio.sleep(0.08)
+    t_last = time.monotonic()
     rc, out = await stop_task
     check(rc == 0, f"[{mode}] `{cmd}` succeeded", out.strip()[-300:])
     check(acked == list(range(1, messages + 1)), f"[{mode}] every publish on {others[0]} was acknowledged", f"{len(acked)}/{messages}")
     want = list(range(1, messages + 1))
     ok = await wait_until(lambda: all(st.seqs == want or len(st.seqs) > messages for st in states)
                           and bystander.datas(ch) == [{"seq": i} for i in want], 40)
-    if t_stop is not None:
-        log(f"[{mode}] all clients caught up {time.monotonic() - t_stop:.1f}s after the stop command")
+    if ok and t_stop is not None:
+        log(f"[{mode}] publishing went on {t_last - t_stop:.1f}s after the stop command; every client had "
+            f"every message {max(0.0, time.monotonic() - t_last):.2f}s after the last publish")
     for st in states:
         after = st.nodes[1:]
         detail = (f"nodes={st.nodes} reconnects={st.reconnects} closes={st.closes} recovered={st.recovered} "
@@ -765,22 +769,16 @@ async def failover(cl: Cluster, victim: str, cmd: str, mode: str, messages: int,
             missing = sorted(set(want) - set(st.seqs))
             dups = len(st.seqs) - len(set(st.seqs))
             detail += f" missing={missing[:20]} dups={dups} head={st.seqs[:10]}"
-        check(st.seqs == want, f"[{mode}] {st.kind} client of {victim} got all {messages} messages once, in order", detail)
+        check(st.seqs == want, f"[{mode}] {st.name} client of {victim} got all {messages} messages once, in order", detail)
         if st.kind != "poll":
             check(bool(after) and all(n != victim for n in after),
-                  f"[{mode}] {st.kind} client reconnected through nginx to another edge", detail)
-        check(all(r is not False for r in st.recovered), f"[{mode}] {st.kind} client's resume reported recovered", detail)
+                  f"[{mode}] {st.name} client reconnected through nginx to another edge", detail)
+        check(all(r is not False for r in st.recovered), f"[{mode}] {st.name} client's resume reported recovered", detail)
         if mode == "drain" and st.kind == "ws":
             check(1012 in st.closes, f"[{mode}] WebSocket closed with 1012 (service restart) by the draining edge", detail)
     check(bystander.datas(ch) == [{"seq": i} for i in want] and not bystander.closed.is_set(),
           f"[{mode}] a client of {others[-1]} was not disturbed and got every message", f"{len(bystander.datas(ch))}")
-    for st in states:
-        st.stop = True
-    for t in tasks:
-        try:
-            await asyncio.wait_for(t, 30)
-        except Exception:
-            t.cancel()
+    await stop_all(states, tasks)
     await publisher.close()
     await bystander.close()
 
@@ -801,6 +799,20 @@ async def failover(cl: Cluster, victim: str, cmd: str, mode: str, messages: int,
                 back = repr(e)
             await asyncio.sleep(1)
         check(back == victim, f"[{mode}] after the restart nginx routes herald_node={victim} to {victim} again", str(back))
+
+
+async def stop_all(states: list[Resilient], tasks: list[asyncio.Task]) -> None:
+    for st in states:
+        st.stop = True
+    for st, t in zip(states, tasks):
+        if st.kind == "poll":
+            t.cancel()  # a pending long-poll would hold until its timeout
+        try:
+            await asyncio.wait_for(t, 10)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            pass
+        except Exception as e:  # noqa: BLE001
+            log(f"{st.name} ended with {e!r}")
 
 
 async def run_cmd(cmd: str) -> tuple[int, str]:
