@@ -122,9 +122,9 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// Closes the connection with `code` (the first reason wins).
     pub fn kill(&self, code: CloseCode) {
-        let _ = self
-            .close_code
-            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.close_code
+                .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
         self.cancel.cancel();
     }
 
@@ -167,11 +167,14 @@ struct ChannelEntry {
 }
 
 type ChannelShard = RwLock<HashMap<Arc<str>, ChannelEntry>>;
+type ConnectionShard = Mutex<HashMap<u64, Arc<ConnHandle>>>;
 
 /// Channel → local subscribers, and every local connection.
 pub struct Hub {
+    /// Channel → subscribers. Written on (un)subscribe, read by fan-out.
     channels: Box<[ChannelShard]>,
-    connections: Box<[Mutex<HashMap<u64, Arc<ConnHandle>>>]>,
+    /// Every local connection, for broadcasts to all and shutdown.
+    connections: Box<[ConnectionShard]>,
     hasher: RandomState,
     next_key: std::sync::atomic::AtomicU64,
     broker: Arc<dyn Broker>,

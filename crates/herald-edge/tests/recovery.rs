@@ -11,7 +11,10 @@ fn small_history() -> herald_edge::EdgeConfig {
     let mut c = config();
     c.namespaces.insert(
         "tiny".into(),
-        NamespaceConfig { history_size: 2, ..Default::default() },
+        NamespaceConfig {
+            history_size: 2,
+            ..Default::default()
+        },
     );
     c
 }
@@ -35,7 +38,10 @@ async fn websocket_resumes_without_gap_or_duplicate() {
     }
     let mut b = connect(&edge).await;
     let r = b
-        .request(json!({"op":"subscribe","channel":"r:ws","since":{"epoch":epoch,"offset":1}}), 1)
+        .request(
+            json!({"op":"subscribe","channel":"r:ws","since":{"epoch":epoch,"offset":1}}),
+            1,
+        )
         .await;
     assert_eq!(r["recovered"], true);
     assert_eq!(r["offset"], 5);
@@ -63,14 +69,20 @@ async fn websocket_gets_recovered_false_when_history_is_gone() {
     }
     let mut b = connect(&edge).await;
     let r = b
-        .request(json!({"op":"subscribe","channel":"tiny:x","since":{"epoch":epoch,"offset":0}}), 1)
+        .request(
+            json!({"op":"subscribe","channel":"tiny:x","since":{"epoch":epoch,"offset":0}}),
+            1,
+        )
         .await;
     assert_eq!(r["recovered"], false);
     assert_eq!(r["offset"], 5, "a fresh position at the top");
     b.assert_quiet().await;
     // A foreign epoch is never "recovered" either.
     let r = b
-        .request(json!({"op":"subscribe","channel":"tiny:y","since":{"epoch":"zzzz","offset":0}}), 2)
+        .request(
+            json!({"op":"subscribe","channel":"tiny:y","since":{"epoch":"zzzz","offset":0}}),
+            2,
+        )
         .await;
     assert_eq!(r["recovered"], false);
 }
@@ -98,9 +110,17 @@ async fn sse_resumes_from_last_event_id() {
     assert_eq!(sub["recovered"], true);
     api_publish(&edge, "r:a", json!("a4")).await;
     let m = s.next_message().await.json();
-    assert_eq!((m["data"].clone(), m["offset"].clone()), (json!("a4"), json!(4)));
+    assert_eq!(
+        (m["data"].clone(), m["offset"].clone()),
+        (json!("a4"), json!(4))
+    );
     // ?since= does the same as the header.
-    let mut s2 = sse(&edge, &format!("channel=r:a&channel=r:b&since={last}"), None).await;
+    let mut s2 = sse(
+        &edge,
+        &format!("channel=r:a&channel=r:b&since={last}"),
+        None,
+    )
+    .await;
     let mut n = 0;
     while n < 4 {
         let ev = s2.next().await.unwrap();
@@ -141,7 +161,14 @@ async fn polling_resumes_from_its_cursor_on_any_edge_of_one_broker() {
     let got = poll(&e2, &format!("channel=r:p&cursor={cursor}&timeout=5")).await;
     assert_eq!(got["recovered"], true);
     assert_eq!(offsets(got["messages"].as_array().unwrap()), vec![1, 2, 3]);
-    let again = poll(&e1, &format!("channel=r:p&cursor={}&timeout=0", got["cursor"].as_str().unwrap())).await;
+    let again = poll(
+        &e1,
+        &format!(
+            "channel=r:p&cursor={}&timeout=0",
+            got["cursor"].as_str().unwrap()
+        ),
+    )
+    .await;
     assert_eq!(again["messages"], json!([]), "no duplicate");
 }
 
@@ -160,7 +187,14 @@ async fn polling_reports_recovered_false_with_a_fresh_cursor() {
     assert_eq!(fresh.get("tiny:p").unwrap().offset, 5);
     // From the fresh cursor on, nothing is lost.
     api_publish(&edge, "tiny:p", json!(6)).await;
-    let next = poll(&edge, &format!("channel=tiny:p&cursor={}&timeout=5", got["cursor"].as_str().unwrap())).await;
+    let next = poll(
+        &edge,
+        &format!(
+            "channel=tiny:p&cursor={}&timeout=5",
+            got["cursor"].as_str().unwrap()
+        ),
+    )
+    .await;
     assert_eq!(next["recovered"], true);
     assert_eq!(offsets(next["messages"].as_array().unwrap()), vec![6]);
 }

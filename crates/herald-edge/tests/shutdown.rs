@@ -16,8 +16,18 @@ async fn shutdown_closes_websockets_with_1012_and_ends_sse_and_polls() {
     let mut s = sse(&edge, "channel=s", None).await;
     s.next_named("subscribed").await;
     let first = poll(&edge, "channel=s&timeout=0").await;
-    let q = format!("{base}/poll?channel=s&cursor={}&timeout=30", first["cursor"].as_str().unwrap());
-    let waiter = tokio::spawn(async move { reqwest::get(q).await.unwrap().json::<serde_json::Value>().await.unwrap() });
+    let q = format!(
+        "{base}/poll?channel=s&cursor={}&timeout=30",
+        first["cursor"].as_str().unwrap()
+    );
+    let waiter = tokio::spawn(async move {
+        reqwest::get(q)
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    });
     let node = edge.node.clone();
     wait_until("ws + sse + poll connected", || node.connection_count() == 3).await;
 
@@ -26,12 +36,21 @@ async fn shutdown_closes_websockets_with_1012_and_ends_sse_and_polls() {
     assert_eq!(a.closed_with().await, Some(1012));
     let close = s.next_named("close").await.json();
     assert_eq!(close["code"], 1012);
-    assert!(s.next().await.is_none(), "SSE stream ends after the close event");
+    assert!(
+        s.next().await.is_none(),
+        "SSE stream ends after the close event"
+    );
     let polled = waiter.await.unwrap();
     assert_eq!(polled["messages"], json!([]));
     stopping.await.unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "exits within the grace period");
-    assert!(reqwest::get(format!("{base}/healthz")).await.is_err(), "listener closed");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "exits within the grace period"
+    );
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "listener closed"
+    );
 }
 
 #[tokio::test]
@@ -42,7 +61,9 @@ async fn draining_node_is_not_ready_and_refuses_new_connections() {
     let base = http(&edge);
     let mut a = connect(&edge).await;
     a.subscribe("d").await;
-    edge.node.draining.store(true, std::sync::atomic::Ordering::Release);
+    edge.node
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
     let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(r.status(), 503);
     let r = reqwest::get(format!("{base}/sse?channel=d")).await.unwrap();

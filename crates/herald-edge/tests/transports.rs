@@ -51,7 +51,10 @@ async fn skip_self_leaves_out_only_the_sender() {
     a.subscribe("room").await;
     b.subscribe("room").await;
     let ack = a
-        .request(json!({"op":"publish","channel":"room","data":1,"skip_self":true}), 7)
+        .request(
+            json!({"op":"publish","channel":"room","data":1,"skip_self":true}),
+            7,
+        )
         .await;
     assert_eq!(ack["op"], "ack");
     assert_eq!(b.next_op("message").await["data"], 1);
@@ -63,7 +66,9 @@ async fn unsubscribe_stops_delivery() {
     let edge = start(config()).await;
     let mut a = connect(&edge).await;
     a.subscribe("room").await;
-    let r = a.request(json!({"op":"unsubscribe","channel":"room"}), 4).await;
+    let r = a
+        .request(json!({"op":"unsubscribe","channel":"room"}), 4)
+        .await;
     assert_eq!(r["op"], "unsubscribed");
     api_publish(&edge, "room", json!("x")).await;
     a.assert_quiet().await;
@@ -77,22 +82,36 @@ async fn presence_history_and_app_ping() {
     for i in 1..=3 {
         a.publish("chat:p", json!(i)).await;
     }
-    let p = a.request(json!({"op":"presence","channel":"chat:p"}), 10).await;
+    let p = a
+        .request(json!({"op":"presence","channel":"chat:p"}), 10)
+        .await;
     assert_eq!(p["clients"][0]["client"], a.id.as_str());
     assert_eq!(p["clients"][0]["user"], "alice");
     assert_eq!(p["clients"][0]["node"], "test");
-    let h = a.request(json!({"op":"history","channel":"chat:p","limit":2}), 11).await;
+    let h = a
+        .request(json!({"op":"history","channel":"chat:p","limit":2}), 11)
+        .await;
     assert_eq!(h["op"], "history");
-    let offsets: Vec<u64> = h["messages"].as_array().unwrap().iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![2, 3]);
     let h = a
-        .request(json!({"op":"history","channel":"chat:p","since":{"epoch":h["epoch"],"offset":1}}), 12)
+        .request(
+            json!({"op":"history","channel":"chat:p","since":{"epoch":h["epoch"],"offset":1}}),
+            12,
+        )
         .await;
     assert_eq!(h["recovered"], true);
     assert_eq!(h["messages"].as_array().unwrap().len(), 2);
     let pong = a.request(json!({"op":"ping"}), 13).await;
     assert_eq!(pong["op"], "pong");
-    let api = reqwest::get(format!("{}/api/presence/chat:p", http(&edge))).await.unwrap();
+    let api = reqwest::get(format!("{}/api/presence/chat:p", http(&edge)))
+        .await
+        .unwrap();
     let api: serde_json::Value = api.json().await.unwrap();
     assert_eq!(api["clients"][0]["client"], a.id.as_str());
 }
@@ -102,7 +121,10 @@ async fn join_and_leave_events_where_the_namespace_enables_them() {
     let mut c = config();
     c.namespaces.insert(
         "jl".into(),
-        herald_edge::config::NamespaceConfig { join_leave: true, ..Default::default() },
+        herald_edge::config::NamespaceConfig {
+            join_leave: true,
+            ..Default::default()
+        },
     );
     let edge = start(c).await;
     let mut a = connect(&edge).await;
@@ -211,13 +233,21 @@ async fn long_poll_waits_for_a_publication_and_short_poll_answers_at_once() {
     assert_eq!(first["messages"], json!([]));
     let cursor = first["cursor"].as_str().unwrap().to_owned();
     // Long poll waits until a publication arrives.
-    let e2 = format!("{}", http(&edge));
+    let e2 = http(&edge);
     let q = format!("channel=lp&cursor={cursor}&timeout=20");
     let waiter = tokio::spawn(async move {
-        reqwest::get(format!("{e2}/poll?{q}")).await.unwrap().json::<serde_json::Value>().await.unwrap()
+        reqwest::get(format!("{e2}/poll?{q}"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
     });
     let node = edge.node.clone();
-    wait_until("the poll to wait in the hub", || node.hub.connection_count() == 1).await;
+    wait_until("the poll to wait in the hub", || {
+        node.hub.connection_count() == 1
+    })
+    .await;
     let started = std::time::Instant::now();
     api_publish(&edge, "lp", json!("wake")).await;
     let got = waiter.await.unwrap();
@@ -248,11 +278,19 @@ async fn http_api_broadcast_info_and_health() {
     let r: serde_json::Value = client
         .post(format!("{}/api/broadcast", http(&edge)))
         .json(&json!({"channels":["x","y"],"data":"both"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["results"].as_array().unwrap().len(), 2);
     let m1 = a.next_op("message").await;
     let m2 = a.next_op("message").await;
-    assert_eq!((m1["data"].clone(), m2["data"].clone()), (json!("both"), json!("both")));
+    assert_eq!(
+        (m1["data"].clone(), m2["data"].clone()),
+        (json!("both"), json!("both"))
+    );
     // With no channels: every connection, subscribed or not.
     let mut idle = connect(&edge).await;
     let mut s = sse(&edge, "channel=z", None).await;
@@ -260,19 +298,47 @@ async fn http_api_broadcast_info_and_health() {
     let r = client
         .post(format!("{}/api/broadcast", http(&edge)))
         .json(&json!({"data":{"all":true}}))
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(idle.next_op("broadcast").await["data"], json!({"all":true}));
     assert_eq!(a.next_op("broadcast").await["data"], json!({"all":true}));
-    assert_eq!(s.next_named("broadcast").await.json()["data"], json!({"all":true}));
-    let info: serde_json::Value = reqwest::get(format!("{}/api/info", http(&edge))).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        s.next_named("broadcast").await.json()["data"],
+        json!({"all":true})
+    );
+    let info: serde_json::Value = reqwest::get(format!("{}/api/info", http(&edge)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["nodes"][0]["node"], "test");
     assert_eq!(info["nodes"][0]["connections"]["ws"], 2);
     assert_eq!(info["nodes"][0]["connections"]["sse"], 1);
-    assert_eq!(reqwest::get(format!("{}/healthz", http(&edge))).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("{}/readyz", http(&edge))).await.unwrap().status(), 200);
-    let r = reqwest::get(format!("{}/healthz", http(&edge))).await.unwrap();
-    assert!(r.headers().get_all("set-cookie").iter().any(|c| c.to_str().unwrap().starts_with("herald_node=test")));
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", http(&edge)))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", http(&edge)))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = reqwest::get(format!("{}/healthz", http(&edge)))
+        .await
+        .unwrap();
+    assert!(r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|c| c.to_str().unwrap().starts_with("herald_node=test")));
 }
 
 #[tokio::test]
@@ -282,13 +348,27 @@ async fn metrics_listener_exports_the_counts() {
     a.subscribe("m").await;
     a.publish("m", json!(1)).await;
     a.next_op("message").await;
-    let text = reqwest::get(format!("http://{}/metrics", edge.metrics_addr)).await.unwrap().text().await.unwrap();
-    assert!(text.contains("herald_connections_current{transport=\"ws\"} 1"), "{text}");
+    let text = reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("herald_connections_current{transport=\"ws\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("herald_messages_published_total{transport=\"ws\"} 1"));
     assert!(text.contains("herald_messages_delivered_total{transport=\"ws\"} 1"));
     assert!(text.contains("herald_delivery_latency_seconds_bucket"));
     // /metrics is not on the client listener.
-    assert_eq!(reqwest::get(format!("{}/metrics", http(&edge))).await.unwrap().status(), 404);
+    assert_eq!(
+        reqwest::get(format!("{}/metrics", http(&edge)))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]

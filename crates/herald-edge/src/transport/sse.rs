@@ -84,9 +84,26 @@ pub async fn handler(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match open(node, query, headers).await {
+    // One span per connection; `client` is recorded once the connection is admitted, and the
+    // stream keeps the span for the life of the response body.
+    let span = tracing::info_span!("conn", client = tracing::field::Empty, transport = "sse",
+        node = %node.config.node_id);
+    match tracing::Instrument::instrument(open(node.clone(), query, headers), span).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            refused(&node, &e);
+            e.into_response()
+        }
+    }
+}
+
+/// Counts a refused SSE or poll request (errors by code, and the per-connection channel cap).
+pub(crate) fn refused(node: &Node, err: &EdgeError) {
+    node.metrics.error(err.code(), err.source_tag());
+    // On these paths a `Limit` error only ever comes from `parse_params`'s channel cap.
+    if matches!(err, EdgeError::Limit(_)) {
+        node.metrics
+            .limit_rejected(crate::metrics::Limit::ChannelsPerConnection);
     }
 }
 
@@ -96,16 +113,18 @@ async fn open(
     headers: HeaderMap,
 ) -> Result<Response, EdgeError> {
     if !crate::server::origin_allowed(&node, &headers) {
-        return Err(EdgeError::http(StatusCode::FORBIDDEN, "origin not allowed"));
+        return Err(EdgeError::PermissionDenied("origin not allowed".into()));
     }
     let mut params = parse_params(
         query.as_deref(),
         node.config.limits.max_channels_per_connection,
     )?;
     if let Some(last) = headers.get("last-event-id") {
-        let text = last
-            .to_str()
-            .map_err(|_| EdgeError::from(herald_protocol::ProtocolError::BadCursor("Last-Event-ID is not text".into())))?;
+        let text = last.to_str().map_err(|_| {
+            EdgeError::from(herald_protocol::ProtocolError::BadCursor(
+                "Last-Event-ID is not text".into(),
+            ))
+        })?;
         if !text.is_empty() {
             params.cursor = Some(Cursor::decode(text)?);
         }
@@ -116,7 +135,11 @@ async fn open(
     }
     let slot = node.admit(Transport::Sse)?;
     let client = node.new_client_id();
-    let (handle, queue) = node.hub.connect(client.clone(), Transport::Sse, &node.shutdown);
+    let span = tracing::Span::current();
+    span.record("client", &*client);
+    let (handle, queue) = node
+        .hub
+        .connect(client.clone(), Transport::Sse, &node.shutdown);
     let entry = PresenceEntry {
         client: client.to_string(),
         user,
@@ -131,16 +154,22 @@ async fn open(
         entry,
         pending: VecDeque::new(),
         heartbeat: tokio::time::interval_at(
-            tokio::time::Instant::now() + Duration::from_secs(node.config.limits.sse_heartbeat_secs),
+            tokio::time::Instant::now()
+                + Duration::from_secs(node.config.limits.sse_heartbeat_secs),
             Duration::from_secs(node.config.limits.sse_heartbeat_secs),
         ),
         done: false,
+        span,
         _slot: slot,
         emits: Vec::new(),
     };
     stream.start(&params).await?;
+    tracing::debug!(channels = params.channels.len(), "sse stream opened");
     let body = futures_util::stream::unfold(stream, |mut st| async move {
-        st.next_chunk().await.map(|b| (Ok::<Bytes, Infallible>(b), st))
+        let span = st.span.clone();
+        tracing::Instrument::instrument(st.next_chunk(), span)
+            .await
+            .map(|b| (Ok::<Bytes, Infallible>(b), st))
     });
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -165,6 +194,8 @@ struct SseStream {
     pending: VecDeque<Bytes>,
     heartbeat: tokio::time::Interval,
     done: bool,
+    /// The connection's span (client, transport, node): every poll of the body enters it.
+    span: tracing::Span,
     _slot: ConnectionSlot,
     emits: Vec<Emit>,
 }
@@ -175,7 +206,12 @@ impl SseStream {
         buf.put_slice(b"retry: 2000\n");
         let welcome = serde_json::json!({"client": self.entry.client, "node": self.node.config.node_id,
             "channels": params.channels});
-        put_event(&mut buf, Some("welcome"), None, welcome.to_string().as_bytes());
+        put_event(
+            &mut buf,
+            Some("welcome"),
+            None,
+            welcome.to_string().as_bytes(),
+        );
         for channel in &params.channels {
             let since = params.cursor.as_ref().and_then(|c| c.get(channel));
             let joined = match self.node.join(channel, &self.handle, since).await {
@@ -191,11 +227,22 @@ impl SseStream {
                 "offset": joined.position.offset, "recovered": joined.recovered});
             for p in joined.publications {
                 let d = Delivery::new(p);
-                self.cursor.advance(channel, &d.publication.epoch, d.publication.offset);
-                put_event(&mut buf, None, Some(&self.cursor.encode()), d.text().as_bytes());
+                self.cursor
+                    .advance(channel, &d.publication.epoch, d.publication.offset);
+                put_event(
+                    &mut buf,
+                    None,
+                    Some(&self.cursor.encode()),
+                    d.text().as_bytes(),
+                );
             }
             let id = self.cursor.encode();
-            put_event(&mut buf, Some("subscribed"), Some(&id), info.to_string().as_bytes());
+            put_event(
+                &mut buf,
+                Some("subscribed"),
+                Some(&id),
+                info.to_string().as_bytes(),
+            );
             self.node.presence_join(channel, &self.entry).await;
         }
         self.pending.push_back(buf.freeze());
@@ -221,8 +268,7 @@ impl SseStream {
                 self.done = true;
             }
             item = self.queue.recv() => {
-                let Some(item) = item else { return None };
-                let mut next = Some(item);
+                let mut next = Some(item?);
                 let mut n = 0;
                 while let Some(item) = next.take() {
                     self.write_item(item, &mut buf).await;
@@ -253,7 +299,11 @@ impl SseStream {
             Outbound::Event(kind, text) => {
                 put_event(buf, Some(kind.name()), None, text.as_bytes());
                 if kind == EventKind::Broadcast {
-                    self.node.metrics.delivered.with_label_values(&["sse"]).inc();
+                    self.node
+                        .metrics
+                        .delivered
+                        .with_label_values(&["sse"])
+                        .inc();
                 }
             }
             Outbound::Resync => self.subs.resync(&self.node, &mut emits).await,
@@ -277,7 +327,12 @@ impl SseStream {
                     self.cursor.set(&channel, position.clone());
                     let info = serde_json::json!({"channel": &*channel, "epoch": position.epoch,
                         "offset": position.offset, "recovered": false});
-                    put_event(buf, Some("subscribed"), Some(&self.cursor.encode()), info.to_string().as_bytes());
+                    put_event(
+                        buf,
+                        Some("subscribed"),
+                        Some(&self.cursor.encode()),
+                        info.to_string().as_bytes(),
+                    );
                 }
             }
         }
@@ -312,6 +367,8 @@ impl SseStream {
 
 impl Drop for SseStream {
     fn drop(&mut self) {
+        let _span = self.span.clone().entered();
+        tracing::debug!(ended_by_server = self.done, "sse stream closed");
         if !self.done {
             self.node.metrics.disconnect(CloseCode::Normal);
         }

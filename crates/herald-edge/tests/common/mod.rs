@@ -20,8 +20,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const QUIET: Duration = Duration::from_millis(300);
 
 pub fn config() -> EdgeConfig {
-    let mut c = EdgeConfig::default();
-    c.node_id = "test".into();
+    let mut c = EdgeConfig {
+        node_id: "test".into(),
+        ..EdgeConfig::default()
+    };
     c.limits.unsubscribe_delay_ms = 50;
     c.limits.shutdown_grace_secs = 1.0;
     c
@@ -75,7 +77,10 @@ pub async fn connect_url(url: &str) -> Client {
 
 impl Client {
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -128,7 +133,10 @@ impl Client {
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         let r = self
-            .request(serde_json::json!({"op":"subscribe","channel":channel}), 9_000_001)
+            .request(
+                serde_json::json!({"op":"subscribe","channel":channel}),
+                9_000_001,
+            )
             .await;
         assert_eq!(r["op"], "subscribed", "{r}");
         r
@@ -136,7 +144,10 @@ impl Client {
 
     pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
         let r = self
-            .request(serde_json::json!({"op":"publish","channel":channel,"data":data}), 9_000_002)
+            .request(
+                serde_json::json!({"op":"publish","channel":channel,"data":data}),
+                9_000_002,
+            )
             .await;
         assert_eq!(r["op"], "ack", "{r}");
         r
@@ -145,14 +156,20 @@ impl Client {
     /// Asserts that no frame (other than pings) arrives for a short while.
     pub async fn assert_quiet(&mut self) {
         if let Ok(Some(Ok(m))) = tokio::time::timeout(QUIET, self.ws.next()).await {
-            assert!(matches!(m, Message::Ping(_) | Message::Pong(_)), "unexpected {m:?}");
+            assert!(
+                matches!(m, Message::Ping(_) | Message::Pong(_)),
+                "unexpected {m:?}"
+            );
         }
     }
 
     /// Reads until the server closes; returns the close code.
     pub async fn closed_with(&mut self) -> Option<u16> {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
                 Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
@@ -176,7 +193,12 @@ pub async fn poll(edge: &Edge, query: &str) -> Value {
     let r = reqwest::get(format!("{}/poll?{query}", http(edge)))
         .await
         .expect("poll");
-    assert!(r.status().is_success(), "{}: {}", r.status(), r.text().await.unwrap());
+    assert!(
+        r.status().is_success(),
+        "{}: {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
     r.json().await.unwrap()
 }
 
@@ -243,7 +265,8 @@ impl Sse {
                 .await
                 .expect("sse data in time")
                 .ok()??;
-            self.buf.push_str(std::str::from_utf8(&chunk).expect("utf8"));
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("utf8"));
         }
     }
 
@@ -271,7 +294,10 @@ impl Sse {
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
