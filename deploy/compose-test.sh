@@ -9,7 +9,7 @@
 #   4. tear down (containers, network, volumes), keeping the logs in .run/compose-test/.
 #
 # Environment: HERALD_COMPOSE_PROJECT [heraldci], HERALD_HTTP_PORT [8080],
-# HERALD_PROMETHEUS_PORT [9090], HERALD_SKIP_CARGO=1 (use the existing target/release/herald),
+# HERALD_PROMETHEUS_PORT [9090], HERALD_NOFILE [131072, or the daemon's limit if lower], HERALD_SKIP_CARGO=1 (use the existing target/release/herald),
 # HERALD_KEEP_UP=1 (leave the cluster running after the checks; `docker-compose -p heraldci down -v`).
 set -euo pipefail
 
@@ -42,6 +42,13 @@ teardown() {
   if [[ $rc == 0 ]]; then say "PASSED"; else say "FAILED (exit $rc)"; fi
 }
 trap teardown EXIT
+
+# The compose file asks for nofile=131072 (HERALD_NOFILE). A Docker daemon that itself runs
+# with a lower hard limit cannot grant that and the containers fail to start: use its limit.
+if [[ -z "${HERALD_NOFILE:-}" ]] && ! docker run --rm --ulimit nofile=131072:131072 "$REDIS_IMAGE" true >/dev/null 2>&1; then
+  export HERALD_NOFILE="$(docker run --rm "$REDIS_IMAGE" sh -c 'ulimit -Hn')"
+  say "this Docker daemon cannot grant nofile=131072; HERALD_NOFILE=$HERALD_NOFILE"
+fi
 
 dc down -v --remove-orphans >/dev/null 2>&1 || true
 say "docker-compose -p $PROJECT up -d --no-build"
