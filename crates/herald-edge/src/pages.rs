@@ -1,12 +1,79 @@
-//! Pages served by the edge (browser demo, status page).
+//! Pages served by the edge: the browser demo at `/` and the cluster status page at `/status`.
+//!
+//! The files live in `crates/herald-edge/static/` and are compiled into the binary with
+//! `include_str!`, so an edge needs nothing on disk. They are plain HTML, CSS and JavaScript with
+//! no build step and no external resources. Every response says `Cache-Control: no-cache` so a
+//! browser revalidates after an upgrade instead of running a stale script against a new server.
 
 use std::sync::Arc;
 
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
 
 use crate::node::Node;
 
-/// Routes for the pages.
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// One embedded file: the path it is served at, its content type and its text.
+struct Page {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const PAGES: &[Page] = &[
+    Page {
+        path: "/",
+        content_type: HTML,
+        body: include_str!("../static/index.html"),
+    },
+    Page {
+        path: "/app.js",
+        content_type: JS,
+        body: include_str!("../static/app.js"),
+    },
+    Page {
+        path: "/status",
+        content_type: HTML,
+        body: include_str!("../static/status.html"),
+    },
+    Page {
+        path: "/status.js",
+        content_type: JS,
+        body: include_str!("../static/status.js"),
+    },
+    Page {
+        path: "/style.css",
+        content_type: CSS,
+        body: include_str!("../static/style.css"),
+    },
+];
+
+/// Routes for the pages (GET, and HEAD through axum's `get`).
 pub fn routes() -> Router<Arc<Node>> {
-    Router::new()
+    PAGES.iter().fold(Router::new(), |router, page| {
+        router.route(page.path, get(move || serve(page)))
+    })
+}
+
+async fn serve(page: &'static Page) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(page.content_type),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        page.body,
+    )
+        .into_response()
 }
