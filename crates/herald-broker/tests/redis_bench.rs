@@ -111,3 +111,76 @@ async fn publish_throughput_multiplexed_vs_pool() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+struct Count(std::sync::atomic::AtomicU64, tokio::sync::Notify, u64);
+
+impl herald_broker::BrokerEvents for Count {
+    fn on_event(&self, event: herald_broker::BrokerEvent) {
+        if let herald_broker::BrokerEvent::Publication(_) = event {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n == self.2 {
+                self.1.notify_one();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run by hand with --release --ignored --nocapture"]
+async fn broker_publish_and_cross_node_delivery_throughput() {
+    use herald_broker::redis::{RedisBroker, RedisBrokerConfig};
+    use herald_broker::{Broker, HistoryOptions, Payload, PublishRequest};
+
+    let redis = RedisServer::start();
+    let a = RedisBroker::connect(RedisBrokerConfig::new(redis.url(), "a"))
+        .await
+        .unwrap();
+    let b = RedisBroker::connect(RedisBrokerConfig::new(redis.url(), "b"))
+        .await
+        .unwrap();
+    let total = (TASKS * PER_TASK) as u64;
+    let count = Arc::new(Count(Default::default(), Default::default(), total));
+    b.attach(count.clone());
+    for task in 0..TASKS {
+        b.subscribe(&format!("bench:{task}")).await.unwrap();
+    }
+    let payload = serde_json::value::RawValue::from_string(
+        r#"{"text":"hello, this is a chat message of typical size"}"#.into(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (a, payload) = (a.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..PER_TASK {
+                a.publish(PublishRequest {
+                    channel: format!("bench:{task}").into(),
+                    payload: Payload::Json(payload.clone()),
+                    from: Some("client".into()),
+                    skip_self: false,
+                    history: HistoryOptions {
+                        size: 100,
+                        ttl: Duration::from_secs(60),
+                    },
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let published = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(60), count.1.notified())
+        .await
+        .expect("every publication delivered to node b");
+    let delivered = started.elapsed();
+    println!(
+        "RedisBroker: {total} publishes from {TASKS} tasks: {:.0}/s acked; all delivered to the other node after {:?} ({:.0}/s)",
+        total as f64 / published.as_secs_f64(),
+        delivered,
+        total as f64 / delivered.as_secs_f64()
+    );
+}

@@ -138,16 +138,17 @@ fn since(epoch: &str, offset: u64, limit: usize) -> HistoryQuery {
     }
 }
 
-/// How many connections are SUBSCRIBEd to `topic`, asked of Redis directly.
-async fn subscribers(redis: &RedisServer, topic: &str) -> i64 {
+/// Runs one command on a fresh connection of its own.
+async fn admin<T: redis::FromRedisValue>(redis: &RedisServer, command: &redis::Cmd) -> T {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let (_, count): (String, i64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(topic)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    command.query_async(&mut con).await.unwrap()
+}
+
+/// How many connections are SUBSCRIBEd to `topic`, asked of Redis directly.
+async fn subscribers(redis: &RedisServer, topic: &str) -> i64 {
+    let (_, count): (String, i64) =
+        admin(redis, redis::cmd("PUBSUB").arg("NUMSUB").arg(topic)).await;
     count
 }
 
@@ -658,6 +659,18 @@ async fn redis_killed_mid_traffic_and_restarted_empty() {
             .await,
         Err(BrokerError::Unavailable(_))
     ));
+    let started = Instant::now();
+    let refused = b.subscribe("other:channel").await;
+    assert!(
+        matches!(refused, Err(BrokerError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        b.subscribed_channels(),
+        1,
+        "a refused subscribe counts nothing"
+    );
     let reconnects_before = b.reconnects();
     // Redis stays away for a while: reconnect attempts fail and back off meanwhile.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -739,4 +752,130 @@ async fn redis_killed_mid_traffic_and_restarted_empty() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_is_used_and_a_wrong_one_refused() {
+    let redis = RedisServer::start_with(Some("s3cret"), false);
+    let (a, _) = node(&redis, "a").await;
+    let (b, mut b_events) = node(&redis, "b").await;
+    b.subscribe("auth:c").await.unwrap();
+    a.publish(request("auth:c", json("1"), 10)).await.unwrap();
+    assert_eq!(next_publication(&mut b_events).await.offset, 1);
+    let wrong = RedisBroker::connect(RedisBrokerConfig {
+        url: redis.url().replace("s3cret", "wrong"),
+        ..config(&redis, "c")
+    })
+    .await;
+    assert!(wrong.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_password() {
+    let redis = RedisServer::start_with(Some("s3cret"), true);
+    assert!(redis.url().starts_with("rediss://:s3cret@"));
+    let tls = |id: &str| RedisBrokerConfig {
+        tls_ca_file: Some(redis.ca_file()),
+        ..config(&redis, id)
+    };
+    let (a, _) = node_with(tls("a")).await;
+    let (b, mut b_events) = node_with(tls("b")).await;
+    b.subscribe("tls:c").await.unwrap();
+    let bytes = Bytes::from_static(b"\x00over tls\xff");
+    a.publish(request("tls:c", Payload::Binary(bytes.clone()), 10))
+        .await
+        .unwrap();
+    match &next_publication(&mut b_events).await.payload {
+        Payload::Binary(got) => assert_eq!(got, &bytes),
+        other => panic!("binary expected, got {other:?}"),
+    }
+    assert!(a.is_healthy() && b.is_healthy());
+    // Without trusting that CA the certificate is refused.
+    let untrusted = RedisBroker::connect(config(&redis, "c")).await;
+    assert!(untrusted.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_pubsub_connection_resubscribes_every_channel_in_batches() {
+    let redis = RedisServer::start();
+    let (a, _) = node(&redis, "a").await;
+    let (b, mut b_events) = node_with(RedisBrokerConfig {
+        subscribe_batch: 64,
+        ..config(&redis, "b")
+    })
+    .await;
+    const CHANNELS: usize = 300;
+    for i in 0..CHANNELS {
+        b.subscribe(&format!("many:{i}")).await.unwrap();
+    }
+    let before = a.publish(request("many:0", json("0"), 10)).await.unwrap();
+    assert_eq!(next_publication(&mut b_events).await.offset, 1);
+
+    // Redis stays up; only the pub/sub connections are cut.
+    let killed: i64 = admin(
+        &redis,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await;
+    assert!(killed >= 2, "both nodes' pub/sub connections killed");
+    match next_event(&mut b_events).await {
+        BrokerEvent::Resync => {}
+        other => panic!("resync expected, got {other:?}"),
+    }
+    wait_until("b is healthy", || b.is_healthy()).await;
+    assert_eq!(b.reconnects(), 1);
+    for i in [0, 1, CHANNELS / 2, CHANNELS - 1] {
+        assert_eq!(subscribers(&redis, &format!("herald:t:many:{i}")).await, 1);
+    }
+    let last = format!("many:{}", CHANNELS - 1);
+    a.publish(request(&last, json("1"), 10)).await.unwrap();
+    let p = next_publication(&mut b_events).await;
+    assert_eq!((&*p.channel, p.offset), (last.as_str(), 1));
+    // History survived: the same epoch, and recovery works across the cut.
+    let after = a.publish(request("many:0", json("2"), 10)).await.unwrap();
+    assert_eq!(after.epoch, before.epoch);
+    let page = b
+        .history("many:0", since(&before.epoch, 1, 10), history(10))
+        .await
+        .unwrap();
+    assert!(page.recovered);
+    assert_eq!(page.publications.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_probe_marks_unhealthy_until_redis_answers_again() {
+    let redis = RedisServer::start();
+    let (a, _) = node_with(RedisBrokerConfig {
+        probe_interval: Duration::from_millis(100),
+        probe_timeout: Duration::from_millis(400),
+        ..config(&redis, "a")
+    })
+    .await;
+    assert!(a.is_healthy());
+    // Writes (PUBLISH included) hang for 3 s: the probe cannot come back.
+    let paused = Instant::now();
+    let _: String = admin(
+        &redis,
+        redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE"),
+    )
+    .await;
+    wait_until("the probe fails", || !a.is_healthy()).await;
+    let noticed = paused.elapsed();
+    assert!(
+        noticed < Duration::from_millis(2500),
+        "noticed after {noticed:?}"
+    );
+    // A publish cannot be applied now: refused within the command timeout, not acked.
+    let started = Instant::now();
+    let refused = a.publish(request("paused:c", json("1"), 10)).await;
+    assert!(
+        matches!(refused, Err(BrokerError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Redis answers again: healthy without recreating anything.
+    wait_until("healthy again", || a.is_healthy()).await;
+    assert!(paused.elapsed() >= Duration::from_millis(2500));
+    assert!(a.reconnects() >= 1);
+    a.publish(request("paused:c", json("2"), 10)).await.unwrap();
 }

@@ -8,17 +8,22 @@
 //! # Why multiplexed and not deadpool-redis
 //!
 //! Measured with `tests/redis_bench.rs` (`cargo test --release -p herald-broker --test
-//! redis_bench -- --ignored --nocapture`): the publish script (HGET, HINCRBY, TIME, XADD
-//! MAXLEN 100, 2×PEXPIRE, PUBLISH; ~60-byte payload) from 32 concurrent tasks, 40 000
-//! publishes per run, two runs, against a local redis-server 7.0 on the project's 2-core
-//! machine (client and server share the two cores):
+//! redis_bench -- --ignored --nocapture --test-threads=1`): the publish script (HGET, HINCRBY,
+//! TIME, XADD MAXLEN 100, 2×PEXPIRE, PUBLISH; ~60-byte payload) from 32 concurrent tasks,
+//! 40 000 publishes per run, against a local redis-server 7.0 on the project's 2-core machine
+//! (client and server share the two cores), once on a quiet machine and once while other
+//! builds kept the load average near 10:
 //!
-//! | command path                          | publishes/s     |
-//! |---------------------------------------|-----------------|
-//! | 1 multiplexed `ConnectionManager`     | 72 000 – 76 000 |
-//! | 4 multiplexed, round-robin            | 71 000 – 72 000 |
-//! | deadpool-redis, 32 connections        | 42 700 – 43 300 |
-//! | deadpool-redis, 8 connections         | 39 000          |
+//! | command path                          | quiet, publishes/s | loaded, publishes/s |
+//! |---------------------------------------|--------------------|---------------------|
+//! | 1 multiplexed `ConnectionManager`     | 72 000 – 76 000    | 35 000 – 41 000     |
+//! | 4 multiplexed, round-robin            | 71 000 – 72 000    | 33 000 – 44 000     |
+//! | deadpool-redis, 32 connections        | 42 700 – 43 300    | 13 000 – 19 000     |
+//! | deadpool-redis, 8 connections         | 39 000             | 12 600 – 16 000     |
+//!
+//! Through the whole `RedisBroker::publish` (loaded machine): ~33 000 acked publishes/s, and a
+//! second broker subscribed to all 32 channels had received every one of them 1.2 s after the
+//! start, i.e. delivery kept pace with publishing.
 //!
 //! The multiplexed connection pipelines the 32 in-flight requests into few write/read syscall
 //! pairs; the pool pays one round trip and syscall pair per command while Redis, single

@@ -13,6 +13,9 @@ pub struct RedisBrokerConfig {
     /// `redis://[:password@]host:port[/db]` or `rediss://` (TLS through rustls, system roots).
     /// Default `redis://127.0.0.1:6379`.
     pub url: String,
+    /// A PEM file of CA certificates to trust for `rediss://` instead of the system roots
+    /// (a private CA, or a self-signed Redis certificate). Default none.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// This node's id: names its registry entry and its probe topic. Default `"node"`.
     pub node_id: String,
     /// Prefix of every key and pub/sub topic, so clusters can share one Redis. Default `"herald"`.
@@ -54,6 +57,7 @@ impl Default for RedisBrokerConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            tls_ca_file: None,
             node_id: "node".into(),
             prefix: "herald".into(),
             presence_ttl: Duration::from_secs(30),
@@ -87,6 +91,9 @@ impl RedisBrokerConfig {
         let bad = |what: &str| Err(BrokerError::Config(what.to_string()));
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
             return bad("redis url must start with redis:// or rediss://");
+        }
+        if self.tls_ca_file.is_some() && !self.url.starts_with("rediss://") {
+            return bad("tls_ca_file needs a rediss:// url");
         }
         if self.node_id.is_empty() || self.node_id.contains(char::is_whitespace) {
             return bad("node id must be non-empty, without whitespace");

@@ -36,8 +36,10 @@
 //! # TLS
 //!
 //! `rediss://` URLs connect through rustls with the `ring` provider and the system's root
-//! certificates (`rustls-native-certs`); `rediss://host/#insecure` skips verification (tests
-//! only). No OpenSSL or other system library is needed.
+//! certificates (`rustls-native-certs`, which honours `SSL_CERT_FILE`), or only the CAs in
+//! [`RedisBrokerConfig::tls_ca_file`]. No OpenSSL or other system library is needed. The
+//! `#insecure` URL fragment (no verification) is refused: it needs redis-rs's
+//! `tls-rustls-insecure` feature, which is deliberately not enabled.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,8 +108,7 @@ impl RedisBroker {
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|err| BrokerError::Config(format!("redis url: {err}")))?;
+        let client = open_client(&config)?;
         let instance = crate::new_epoch();
         let keys = Keys::new(&config.prefix, &config.node_id, &instance);
         let commands = Arc::new(Commands::connect(&client, &config).await?);
@@ -190,6 +191,24 @@ impl Drop for RedisBroker {
     /// Stops the background tasks (like a node that died: no cleanup, entries expire).
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// The redis-rs client for the configured URL (and CA file).
+fn open_client(config: &RedisBrokerConfig) -> Result<redis::Client, BrokerError> {
+    let bad_url = |err: redis::RedisError| BrokerError::Config(format!("redis url: {err}"));
+    match &config.tls_ca_file {
+        None => redis::Client::open(config.url.as_str()).map_err(bad_url),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|err| {
+                BrokerError::Config(format!("tls_ca_file {}: {err}", path.display()))
+            })?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(bad_url)
+        }
     }
 }
 

@@ -14,6 +14,10 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: std::path::PathBuf,
+    /// `requirepass`, if any.
+    password: Option<String>,
+    /// The TLS port, if TLS is on (the plain `port` stays open for the readiness check).
+    tls_port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -24,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Whether a redis answers PING on `port`.
+/// Whether a redis answers on `port` (PONG, or NOAUTH when it wants a password).
 fn answers_ping(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -34,22 +38,34 @@ fn answers_ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
 impl RedisServer {
     /// Starts a server on a free port. Panics with a clear message when redis-server is missing.
     pub fn start() -> Self {
+        Self::start_with(None, false)
+    }
+
+    /// Starts a server that wants `password`, and with `tls` also listens for TLS with a fresh
+    /// self-signed certificate for 127.0.0.1 (made with the `openssl` command).
+    pub fn start_with(password: Option<&str>, tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "herald-redis-test-{}-{}",
             std::process::id(),
             free_port()
         ));
         std::fs::create_dir_all(&dir).expect("create redis test dir");
+        let tls_port = tls.then(|| {
+            make_certificate(&dir);
+            free_port()
+        });
         let mut server = Self {
             port: free_port(),
             child: None,
             dir,
+            password: password.map(str::to_string),
+            tls_port,
         };
         server.spawn();
         server
@@ -58,7 +74,20 @@ impl RedisServer {
     fn spawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let child = Command::new("redis-server")
+            let mut command = Command::new("redis-server");
+            if let Some(password) = &self.password {
+                command.args(["--requirepass", password]);
+            }
+            if let Some(tls_port) = self.tls_port {
+                let file = |name: &str| self.dir.join(name).display().to_string();
+                command
+                    .args(["--tls-port", &tls_port.to_string()])
+                    .args(["--tls-cert-file", &file("cert.pem")])
+                    .args(["--tls-key-file", &file("key.pem")])
+                    .args(["--tls-ca-cert-file", &file("ca.pem")])
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            let child = command
                 .args(["--port", &self.port.to_string()])
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", ""])
@@ -104,9 +133,21 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://[:password@]127.0.0.1:<port>`, or `rediss://` on the TLS port.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let auth = match &self.password {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        match self.tls_port {
+            Some(port) => format!("rediss://{auth}127.0.0.1:{port}"),
+            None => format!("redis://{auth}127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The CA that signed a TLS server's certificate (PEM file).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// `kill -9` the server and wait for it to be gone.
@@ -129,4 +170,67 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with a clear message when it is missing.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(status) => assert!(status.success(), "openssl {args:?} failed"),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!(
+            "the openssl command is not installed: the TLS test needs it to make a \
+             certificate. Install it with `apt-get install -y openssl`."
+        ),
+        Err(err) => panic!("cannot run openssl: {err}"),
+    }
+}
+
+/// A test CA (`ca.pem`) and a certificate for 127.0.0.1 it signed (`cert.pem`, `key.pem`),
+/// in `dir`.
+fn make_certificate(dir: &std::path::Path) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=herald test CA"];
+    ca.extend(key);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(key);
+    csr.extend(["-keyout", "key.pem", "-out", "server.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write extensions");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ],
+    );
 }
