@@ -79,7 +79,7 @@ DC="docker-compose -p $PROJECT -f $ROOT/docker-compose.yml"
 "$PY" "$ROOT/tests-deploy/cluster_check.py" \
   --url "http://127.0.0.1:$HERALD_HTTP_PORT" \
   --prometheus "http://127.0.0.1:$HERALD_PROMETHEUS_PORT" \
-  --api-key "$HERALD_API_KEY" \
+  --api-key "$HERALD_API_KEY" --rules "$ROOT/deploy/herald-rules.yml" --rules "$ROOT/deploy/grafana/herald-dashboard.json" \
   --stop-cmd "$DC stop -t 30 {node}" --start-cmd "$DC start {node}" --drain-victim edge1 \
   --kill-cmd "$DC kill {node}" --kill-victim edge2 \
   2>&1 | tee "$OUT/cluster_check.log"

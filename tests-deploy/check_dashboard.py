@@ -9,7 +9,8 @@ every transport over Redis). Each FILE is a dashboard (.json) or a rule file (.y
 For a dashboard it also checks the JSON parses, panel ids are unique, every panel (other than
 rows) has at least one query, and every query has a refId. Every metric name in every PromQL
 expression must be in the exposition (a histogram's _bucket/_sum/_count included), or be one
-Prometheus makes itself (`up`, `scrape_*`). Exits 1 and lists what is wrong otherwise.
+Prometheus makes itself (`up`, `scrape_*`), or be recorded by a `record:` rule in one of the
+rule files given. Exits 1 and lists what is wrong otherwise.
 
 Run by crates/herald-edge/tests/metrics.rs; by hand against a running edge:
 
@@ -116,6 +117,16 @@ def dashboard_exprs(path, problems):
     return exprs
 
 
+def recorded_names(path):
+    """Series a rule file records (`record: name`): later expressions may use them."""
+    names = set()
+    for line in open(path).read().splitlines():
+        m = re.match(r"^\s*(?:-\s*)?record:\s*['\"]?([A-Za-z_:][A-Za-z0-9_:]*)", line)
+        if m:
+            names.add(m.group(1))
+    return names
+
+
 def rule_exprs(path, problems):
     """`expr:` values of a rule file (single line, or a `|`/`>` block)."""
     exprs = []
@@ -154,6 +165,9 @@ def main():
     else:
         text = urllib.request.urlopen(args.url, timeout=10).read().decode()
     known = exposition_names(text) | BUILTIN
+    for path in args.files:
+        if not path.endswith(".json"):
+            known |= recorded_names(path)
     problems = []
     checked = 0
     for path in args.files:

@@ -704,6 +704,38 @@ async def check_prometheus(cl: Cluster, want_up: int, want_down: list[str] | Non
     check(ok, what, last)
 
 
+async def check_rule_metrics(cl: Cluster) -> None:
+    """Every herald_* series named in the alert/recording rules is really exported by the edges."""
+    if not (cl.args.prometheus and cl.args.rules):
+        return
+    import re
+    text = "".join(open(f, encoding="utf-8").read() for f in cl.args.rules)
+    names = ", ".join(f.split("/")[-1] for f in cl.args.rules)
+    wanted = sorted(set(re.findall(r"\b(herald_[a-z_]+|process_[a-z_]+)\b", text)))
+    ph = Http(cl.args.prometheus)
+    missing = wanted
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = await ph.request("GET", "/api/v1/label/__name__/values")
+        have = set(json.loads(r.body)["data"])
+        missing = [m for m in wanted if m not in have]
+        if not missing:
+            break
+        await asyncio.sleep(1)
+    # A labelled metric has no series until its first sample (e.g. nothing dropped yet). Accept
+    # those when the server's source declares the name; a name found nowhere is a typo in the rules.
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    src = "".join(p.read_text(errors="replace") for p in (root / "crates").rglob("*.rs"))
+    base = lambda m: re.sub(r"_(bucket|sum|count)$", "", m)  # noqa: E731
+    unknown = [m for m in missing if f'"{base(m)}"' not in src]
+    quiet = [m for m in missing if m not in unknown]
+    if quiet:
+        log(f"info declared by the edge but no samples yet (labelled, never incremented): {quiet}")
+    check(not unknown, f"every metric named in {names} is exported by the edges",
+          f"unknown: {unknown}" if unknown else f"{len(wanted) - len(quiet)} scraped, {len(quiet)} without samples yet")
+
+
 async def failover(cl: Cluster, victim: str, cmd: str, mode: str, messages: int, restart_cmd: str | None) -> None:
     """Clients of `victim` (WS, SSE, long-poll) keep receiving a stream of messages published on
     another edge while `cmd` stops the victim (mode 'kill' or 'drain')."""
@@ -831,6 +863,7 @@ async def main_async(args) -> None:
     for c in by_node.values():
         await c.close()
     await check_prometheus(cl, len(cl.nodes))
+    await check_rule_metrics(cl)
     if args.stop_cmd:
         victim = args.drain_victim
         await failover(cl, victim, args.stop_cmd.format(node=victim), "drain", args.messages,
@@ -848,6 +881,7 @@ def main() -> int:
     ap.add_argument("--url", default="http://127.0.0.1:8080", help="nginx's public URL")
     ap.add_argument("--nodes", default="edge1,edge2,edge3", help="the edges' node ids")
     ap.add_argument("--prometheus", help="Prometheus URL (checks /api/v1/targets)")
+    ap.add_argument("--rules", action="append", help="rules file or dashboard whose herald_* metrics must exist (needs --prometheus; repeatable)")
     ap.add_argument("--api-key", help="the edges' API key (checks /api/* is guarded)")
     ap.add_argument("--kill-cmd", help="shell command that SIGKILLs edge {node}")
     ap.add_argument("--kill-victim", default="edge2")
