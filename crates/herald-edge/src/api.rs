@@ -61,7 +61,11 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     let limit = node.config.limits.max_message_size + 4096;
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
-        .map_err(|_| EdgeError::TooLarge(format!("request body over {limit} bytes")))?;
+        .map_err(|_| {
+            node.metrics
+                .limit_rejected(crate::metrics::Limit::MessageSize);
+            EdgeError::TooLarge(format!("request body over {limit} bytes"))
+        })?;
     node.metrics
         .bytes_in
         .with_label_values(&["http"])
@@ -101,7 +105,14 @@ pub async fn client_publish(State(node): State<Arc<Node>>, req: Request<Body>) -
         let from = body.client.map(Arc::<str>::from);
         let skip = body.skip_self && from.is_some();
         let pos = node
-            .publish(&channel, Payload::Json(data), from, skip, Transport::Http, false)
+            .publish(
+                &channel,
+                Payload::Json(data),
+                from,
+                skip,
+                Transport::Http,
+                false,
+            )
             .await?;
         Ok(json!({"channel": channel, "epoch": pos.epoch, "offset": pos.offset}))
     }
@@ -116,7 +127,14 @@ pub async fn api_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> R
         let channel = required(body.channel, "channel")?;
         let data = required(body.data, "data")?;
         let pos = node
-            .publish(&channel, Payload::Json(data), None, false, Transport::Http, true)
+            .publish(
+                &channel,
+                Payload::Json(data),
+                None,
+                false,
+                Transport::Http,
+                true,
+            )
             .await?;
         Ok(json!({"channel": channel, "epoch": pos.epoch, "offset": pos.offset}))
     }
@@ -149,7 +167,14 @@ pub async fn api_broadcast(State(node): State<Arc<Node>>, req: Request<Body>) ->
                 let mut results = Vec::with_capacity(channels.len());
                 for ch in channels {
                     let pos = node
-                        .publish(&ch, Payload::Json(data.clone()), None, false, Transport::Http, true)
+                        .publish(
+                            &ch,
+                            Payload::Json(data.clone()),
+                            None,
+                            false,
+                            Transport::Http,
+                            true,
+                        )
                         .await?;
                     results.push(json!({"channel": ch, "epoch": pos.epoch, "offset": pos.offset}));
                 }
@@ -216,8 +241,10 @@ pub async fn history_json(
         .iter()
         .map(|p| RawValue::from_string(p.json_frame()).expect("frame is JSON"))
         .collect();
-    Ok(json!({"channel": channel, "epoch": page.position.epoch, "offset": page.position.offset,
-        "recovered": page.recovered, "messages": messages}))
+    Ok(
+        json!({"channel": channel, "epoch": page.position.epoch, "offset": page.position.offset,
+        "recovered": page.recovered, "messages": messages}),
+    )
 }
 
 /// `GET /api/history/{channel}?since=&limit=`.
@@ -255,7 +282,7 @@ pub async fn api_info(State(node): State<Arc<Node>>) -> Response {
         nodes.retain(|n| n.node != me.node);
         nodes.push(me);
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(json!({"node": node.config.node_id, "nodes": nodes}))
+        Ok(json!({"node": node.config.node_id, "ts_ms": herald_broker::now_ms(), "nodes": nodes}))
     }
     .await;
     reply(result, &node)

@@ -55,7 +55,10 @@ impl Edge {
             Some(url) => crate::cluster::connect_redis(url, &config, &metrics).await?,
             None => {
                 let broker = Arc::new(MemoryBroker::new());
-                broker.spawn_sweeper(Duration::from_secs(1), tokio_util::sync::CancellationToken::new());
+                broker.spawn_sweeper(
+                    Duration::from_secs(1),
+                    tokio_util::sync::CancellationToken::new(),
+                );
                 broker
             }
         };
@@ -138,7 +141,10 @@ fn router(node: Arc<Node>) -> Router {
         .route("/api/presence/{channel}", get(api::api_presence))
         .route("/api/history/{channel}", get(api::api_history))
         .route("/api/info", get(api::api_info))
-        .route_layer(middleware::from_fn_with_state(node.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            require_api_key,
+        ));
     Router::new()
         .route("/ws", any(transport::ws::upgrade))
         .route("/sse", get(transport::sse::handler))
@@ -172,11 +178,15 @@ async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next
     }
 }
 
-/// Sets `herald_node=<node id>` when the browser's cookie names another node (or none), so
+/// Names the edge in `X-Herald-Node` on every response, and sets `herald_node=<node id>` when the browser's cookie names another node (or none), so
 /// nginx keeps it on this edge.
 async fn node_cookie(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let current = cookie_value(req.headers(), NODE_COOKIE);
     let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&node.config.node_id) {
+        // Which edge answered: for poll clients (no welcome frame) and for debugging nginx.
+        response.headers_mut().insert("x-herald-node", v);
+    }
     if current.as_deref() != Some(node.config.node_id.as_str()) {
         let cookie = format!(
             "{NODE_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",

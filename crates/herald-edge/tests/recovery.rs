@@ -198,3 +198,37 @@ async fn polling_reports_recovered_false_with_a_fresh_cursor() {
     assert_eq!(next["recovered"], true);
     assert_eq!(offsets(next["messages"].as_array().unwrap()), vec![6]);
 }
+
+#[tokio::test]
+async fn a_websocket_position_resumes_sse_and_poll_as_epoch_colon_offset() {
+    let edge = start(config()).await;
+    let mut a = connect(&edge).await;
+    let sub = a.subscribe("sw:x").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        api_publish(&edge, "sw:x", json!(i)).await;
+    }
+    // The WebSocket client saw offset 1, then switches to SSE and to polling.
+    let mut s = sse(&edge, &format!("channel=sw:x&since={epoch}:1"), None).await;
+    assert_eq!(s.next_message().await.json()["offset"], 2);
+    assert_eq!(s.next_message().await.json()["offset"], 3);
+    let r = reqwest::get(format!(
+        "{}/poll?channel=sw:x&since={epoch}:1&timeout=0",
+        http(&edge)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.headers()["x-herald-node"], "test");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(offsets(p["messages"].as_array().unwrap()), vec![2, 3]);
+    // With several channels the short form is ambiguous: a clear 400.
+    let r = reqwest::get(format!(
+        "{}/poll?channel=a&channel=b&since={epoch}:1",
+        http(&edge)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 106);
+}

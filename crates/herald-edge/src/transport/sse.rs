@@ -48,6 +48,7 @@ pub fn parse_params(query: Option<&str>, max_channels: usize) -> Result<StreamPa
         user: None,
         timeout: None,
     };
+    let mut since = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
             "channel" => {
@@ -58,11 +59,14 @@ pub fn parse_params(query: Option<&str>, max_channels: usize) -> Result<StreamPa
                     }
                 }
             }
-            "since" | "cursor" if !v.is_empty() => params.cursor = Some(Cursor::decode(&v)?),
+            "since" | "cursor" if !v.is_empty() => since = Some(v.into_owned()),
             "user" => params.user = Some(v.into_owned()),
             "timeout" => params.timeout = Some(v.into_owned()),
             _ => {}
         }
+    }
+    if let Some(since) = since {
+        params.cursor = Some(decode_since(&since, &params.channels)?);
     }
     if params.channels.is_empty() {
         return Err(EdgeError::http(
@@ -76,6 +80,24 @@ pub fn parse_params(query: Option<&str>, max_channels: usize) -> Result<StreamPa
         )));
     }
     Ok(params)
+}
+
+/// Reads a resume point: a cursor this server made, or, for a stream of exactly one channel,
+/// `<epoch>:<offset>` (what a WebSocket client knows, so it can switch transports).
+fn decode_since(text: &str, channels: &[String]) -> Result<Cursor, EdgeError> {
+    match (text.split_once(':'), channels) {
+        (Some(_), [only]) => {
+            let mut cursor = Cursor::new();
+            if let Some(pos) = crate::api::parse_since(only, text)? {
+                cursor.set(only, pos);
+            }
+            Ok(cursor)
+        }
+        (Some(_), _) => Err(EdgeError::from(herald_protocol::ProtocolError::BadCursor(
+            "`epoch:offset` names a position in one channel; use a cursor for several".into(),
+        ))),
+        (None, _) => Ok(Cursor::decode(text)?),
+    }
 }
 
 /// `GET /sse`.
