@@ -716,7 +716,7 @@ async def check_rule_metrics(cl: Cluster) -> None:
     missing = wanted
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        r = await ph.request("GET", "/api/v1/label/__name__/values")
+        r = await ph.request("GET", f"/api/v1/label/__name__/values?start={time.time() - 120:.0f}")
         have = set(json.loads(r.body)["data"])
         missing = [m for m in wanted if m not in have]
         if not missing:
