@@ -97,6 +97,7 @@ trap stop_all EXIT
 # run_one TARGET REP RATE
 run_one() {
     local target="$1" rep="$2" rate="$3" urls pids args=()
+    shift 3
     if [[ $target == herald ]]; then urls="$HERALD_URLS"; pids="$HERALD_PIDS"; else urls="$NCHAN_URL"; pids="$NCHAN_PIDS"; fi
     for u in $urls; do args+=(--url "$u"); done
     for p in $pids; do args+=(--server-pid "$p"); done

@@ -132,9 +132,10 @@ pub(crate) struct CommonArgs {
     /// Publish through this base URL (default: the last `--url`).
     #[arg(long)]
     pub(crate) publish_url: Option<String>,
-    /// Most publish requests in flight at once (open model: a full window delays sends,
-    /// and the delay shows up as latency because it is measured from the scheduled time).
-    #[arg(long, default_value_t = 256)]
+    /// Most publishes queued per channel (HTTP publishers send one request per channel at
+    /// a time; a full queue delays sends, and the delay shows up as latency because it is
+    /// measured from the scheduled time).
+    #[arg(long, default_value_t = 10_000)]
     pub(crate) max_inflight: usize,
     /// Pid of a server process to sample (CPU, RSS); repeat for several (edges, nginx, redis).
     #[arg(long = "server-pid")]
