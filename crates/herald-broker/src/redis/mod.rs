@@ -114,6 +114,7 @@ impl RedisBroker {
         let commands = Arc::new(Commands::connect(&client, &config).await?);
         let pubsub = Arc::new(PubSub::new(client, keys.clone(), config.clone()));
         let stream = pubsub.establish().await?;
+        pubsub.mark_healthy();
         let broker = Arc::new(Self {
             config,
             keys,

@@ -93,6 +93,12 @@ impl PubSub {
         }
     }
 
+    /// Marks the first connection healthy (before the supervisor starts, so `connect` returns
+    /// a healthy broker).
+    pub(crate) fn mark_healthy(&self) {
+        self.healthy.store(true, Ordering::Release);
+    }
+
     /// Whether the connection is up and its probe answers.
     pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
