@@ -48,6 +48,40 @@ impl Transport {
     ];
 }
 
+/// Configured limits that refuse something, as the `limit` label of
+/// `herald_limit_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `limits.max_connections`: a connection refused because the node is full.
+    Connections,
+    /// `limits.max_message_size`: a publish or WebSocket frame too large.
+    MessageSize,
+    /// `limits.max_channels_per_connection`: a subscription past the per-connection cap.
+    ChannelsPerConnection,
+    /// `limits.poll_max_timeout_secs`: a poll asking to wait longer than allowed.
+    PollTimeout,
+}
+
+impl Limit {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::MessageSize => "message_size",
+            Limit::ChannelsPerConnection => "channels_per_connection",
+            Limit::PollTimeout => "poll_timeout",
+        }
+    }
+
+    /// Every limit, so each series exists from the start.
+    pub const ALL: [Limit; 4] = [
+        Limit::Connections,
+        Limit::MessageSize,
+        Limit::ChannelsPerConnection,
+        Limit::PollTimeout,
+    ];
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +113,8 @@ pub struct Metrics {
     pub slow_consumers: IntCounterVec,
     /// Errors by code and source.
     pub errors: IntCounterVec,
+    /// Requests refused by a configured limit, by limit (see [`Limit`]).
+    pub limit_rejections: IntCounterVec,
     /// Channels with local subscribers.
     pub channels: IntGauge,
     /// Local subscriptions.
@@ -133,7 +169,8 @@ impl Metrics {
             ]),
         )
         .expect("metric");
-        r.register(Box::new(broker_publish.clone())).expect("register");
+        r.register(Box::new(broker_publish.clone()))
+            .expect("register");
         let channels = IntGauge::new(
             "herald_hub_channels_current",
             "Channels with local subscribers.",
@@ -145,7 +182,8 @@ impl Metrics {
             "Local subscriptions (connection x channel).",
         )
         .expect("metric");
-        r.register(Box::new(subscriptions.clone())).expect("register");
+        r.register(Box::new(subscriptions.clone()))
+            .expect("register");
         let broadcasts = IntCounter::new(
             "herald_broadcasts_received_total",
             "Broadcasts to every connection received from the broker.",
@@ -154,19 +192,80 @@ impl Metrics {
         r.register(Box::new(broadcasts.clone())).expect("register");
         let m = Self {
             connections,
-            accepted: counter_vec(r, "herald_connections_accepted_total", "Connections accepted.", &["transport"]),
-            rejected: counter_vec(r, "herald_connections_rejected_total", "Connections refused.", &["transport", "reason"]),
-            published: counter_vec(r, "herald_messages_published_total", "Publications accepted by the broker.", &["transport"]),
-            delivered: counter_vec(r, "herald_messages_delivered_total", "Publications written to clients.", &["transport"]),
-            dropped: counter_vec(r, "herald_messages_dropped_total", "Publications not delivered.", &["transport", "reason"]),
-            bytes_in: counter_vec(r, "herald_transport_received_bytes_total", "Bytes received from clients.", &["transport"]),
-            bytes_out: counter_vec(r, "herald_transport_sent_bytes_total", "Bytes written to clients.", &["transport"]),
+            accepted: counter_vec(
+                r,
+                "herald_connections_accepted_total",
+                "Connections accepted.",
+                &["transport"],
+            ),
+            rejected: counter_vec(
+                r,
+                "herald_connections_rejected_total",
+                "Connections refused.",
+                &["transport", "reason"],
+            ),
+            published: counter_vec(
+                r,
+                "herald_messages_published_total",
+                "Publications accepted by the broker.",
+                &["transport"],
+            ),
+            delivered: counter_vec(
+                r,
+                "herald_messages_delivered_total",
+                "Publications written to clients.",
+                &["transport"],
+            ),
+            dropped: counter_vec(
+                r,
+                "herald_messages_dropped_total",
+                "Publications not delivered.",
+                &["transport", "reason"],
+            ),
+            bytes_in: counter_vec(
+                r,
+                "herald_transport_received_bytes_total",
+                "Bytes received from clients.",
+                &["transport"],
+            ),
+            bytes_out: counter_vec(
+                r,
+                "herald_transport_sent_bytes_total",
+                "Bytes written to clients.",
+                &["transport"],
+            ),
             delivery_latency,
             broker_publish,
-            recoveries: counter_vec(r, "herald_recovery_requests_total", "Recovery requests by outcome.", &["outcome"]),
-            disconnects: counter_vec(r, "herald_disconnects_total", "Disconnects by close code.", &["code"]),
-            slow_consumers: counter_vec(r, "herald_slow_consumer_closes_total", "Connections closed because their outbound queue was full.", &["transport"]),
-            errors: counter_vec(r, "herald_errors_total", "Errors answered to clients.", &["code", "source"]),
+            recoveries: counter_vec(
+                r,
+                "herald_recovery_requests_total",
+                "Recovery requests by outcome.",
+                &["outcome"],
+            ),
+            disconnects: counter_vec(
+                r,
+                "herald_disconnects_total",
+                "Disconnects by close code.",
+                &["code"],
+            ),
+            slow_consumers: counter_vec(
+                r,
+                "herald_slow_consumer_closes_total",
+                "Connections closed because their outbound queue was full.",
+                &["transport"],
+            ),
+            errors: counter_vec(
+                r,
+                "herald_errors_total",
+                "Errors answered to clients.",
+                &["code", "source"],
+            ),
+            limit_rejections: counter_vec(
+                r,
+                "herald_limit_rejections_total",
+                "Requests refused by a configured limit.",
+                &["limit"],
+            ),
             channels,
             subscriptions,
             broadcasts,
@@ -176,6 +275,20 @@ impl Metrics {
             m.connections.with_label_values(&[t.label()]);
             m.accepted.with_label_values(&[t.label()]);
             m.delivered.with_label_values(&[t.label()]);
+            m.slow_consumers.with_label_values(&[t.label()]);
+            m.dropped.with_label_values(&[t.label(), "slow_consumer"]);
+            for reason in ["full", "draining"] {
+                m.rejected.with_label_values(&[t.label(), reason]);
+            }
+            m.delivery_latency.with_label_values(&[t.label()]);
+        }
+        for l in Limit::ALL {
+            m.limit_rejections.with_label_values(&[l.label()]);
+        }
+        // Duplicates are found per connection's position, where the transport is not known.
+        m.dropped.with_label_values(&["any", "duplicate"]);
+        for outcome in ["recovered", "not_recovered"] {
+            m.recoveries.with_label_values(&[outcome]);
         }
         #[cfg(target_os = "linux")]
         {
@@ -189,6 +302,13 @@ impl Metrics {
     pub fn error(&self, code: ErrorCode, source: ErrorSource) {
         self.errors
             .with_label_values(&[code.name(), source.label()])
+            .inc();
+    }
+
+    /// Counts a request refused by a configured limit.
+    pub fn limit_rejected(&self, limit: Limit) {
+        self.limit_rejections
+            .with_label_values(&[limit.label()])
             .inc();
     }
 

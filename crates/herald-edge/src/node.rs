@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::hub::{ConnHandle, Hub};
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::{Limit, Metrics, Transport};
 
 /// One edge's shared state.
 pub struct Node {
@@ -118,6 +118,7 @@ impl Node {
         if before >= self.config.limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             reject("full");
+            self.metrics.limit_rejected(Limit::Connections);
             return Err(EdgeError::Unavailable(format!(
                 "node is full ({} connections)",
                 self.config.limits.max_connections
@@ -176,6 +177,7 @@ impl Node {
             )));
         }
         if payload.len() > self.config.limits.max_message_size {
+            self.metrics.limit_rejected(Limit::MessageSize);
             return Err(EdgeError::TooLarge(format!(
                 "{} bytes, the limit is {}",
                 payload.len(),
@@ -243,11 +245,7 @@ impl Node {
         let ns = self.config.namespace(channel);
         let query = HistoryQuery {
             since: since.cloned(),
-            limit: if since.is_some() {
-                ns.history_size
-            } else {
-                0
-            },
+            limit: if since.is_some() { ns.history_size } else { 0 },
         };
         let page = self.broker.history(channel, query, ns.history()).await?;
         let Some(since) = since else {
@@ -263,23 +261,50 @@ impl Node {
             "not_recovered"
         };
         self.metrics.recoveries.with_label_values(&[outcome]).inc();
-        let position = if page.recovered {
+        if page.recovered {
             let last = page
                 .publications
                 .last()
                 .map(|p| p.offset)
                 .unwrap_or(since.offset);
-            StreamPosition {
+            return Ok(Joined {
+                position: StreamPosition {
+                    epoch: page.position.epoch.clone(),
+                    offset: last.max(since.offset),
+                },
+                recovered: true,
+                publications: page.publications,
+            });
+        }
+        // The reader's generation is gone (history lost). Whatever the new generation still
+        // holds from its start is delivered anyway: the old tail is lost (recovered: false),
+        // but nothing published since the reset is.
+        if since.epoch != page.position.epoch && page.position.offset > 0 {
+            let fresh = StreamPosition {
                 epoch: page.position.epoch.clone(),
-                offset: last.max(since.offset),
+                offset: 0,
+            };
+            let query = HistoryQuery {
+                since: Some(fresh),
+                limit: ns.history_size,
+            };
+            let again = self.broker.history(channel, query, ns.history()).await?;
+            if again.recovered && again.position.epoch == page.position.epoch {
+                let last = again.publications.last().map(|p| p.offset).unwrap_or(0);
+                return Ok(Joined {
+                    position: StreamPosition {
+                        epoch: again.position.epoch,
+                        offset: last,
+                    },
+                    recovered: false,
+                    publications: again.publications,
+                });
             }
-        } else {
-            page.position.clone()
-        };
+        }
         Ok(Joined {
-            position,
-            recovered: page.recovered,
-            publications: page.publications,
+            position: page.position,
+            recovered: false,
+            publications: Vec::new(),
         })
     }
 

@@ -79,9 +79,7 @@ impl Subscriptions {
 
     /// The current position in every channel.
     pub fn positions(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.channels
-            .iter()
-            .map(|(c, p)| (&**c, &*p.epoch, p.last))
+        self.channels.iter().map(|(c, p)| (&**c, &*p.epoch, p.last))
     }
 
     /// Checks a live publication; pushes what to write into `out`.
@@ -91,15 +89,21 @@ impl Subscriptions {
             return; // unsubscribed meanwhile
         };
         if *pos.epoch != *p.epoch {
+            // A new generation: signal the loss and deliver what it holds before this one.
+            let since = StreamPosition {
+                epoch: pos.epoch.to_string(),
+                offset: pos.last,
+            };
+            let channel = p.channel.clone();
+            self.fill_gap(node, &channel, since, p.offset, out).await;
+            let Some(pos) = self.channels.get_mut(&*p.channel) else {
+                return;
+            };
+            if *pos.epoch == *p.epoch && p.offset <= pos.last {
+                return;
+            }
             pos.epoch = p.epoch.clone();
             pos.last = p.offset;
-            out.push(Emit::Reset {
-                channel: p.channel.clone(),
-                position: StreamPosition {
-                    epoch: p.epoch.to_string(),
-                    offset: p.offset.saturating_sub(1),
-                },
-            });
             out.push(Emit::Publication(delivery));
             return;
         }
@@ -117,7 +121,10 @@ impl Subscriptions {
             };
             let channel = p.channel.clone();
             self.fill_gap(node, &channel, since, p.offset, out).await;
-            let pos = self.channels.get_mut(&*p.channel).expect("still subscribed");
+            let pos = self
+                .channels
+                .get_mut(&*p.channel)
+                .expect("still subscribed");
             if p.offset <= pos.last {
                 return;
             }
@@ -165,8 +172,11 @@ impl Subscriptions {
                 }
             }
             Ok(joined) => {
+                // Lost: say so, then deliver what the new generation still holds.
+                let first = joined.publications.first().map(|p| p.offset);
+                let before_first = first.map(|o| o - 1).unwrap_or(joined.position.offset);
                 pos.epoch = Arc::from(joined.position.epoch.as_str());
-                pos.last = joined.position.offset.min(before.saturating_sub(1));
+                pos.last = before_first.min(before.saturating_sub(1));
                 out.push(Emit::Reset {
                     channel: channel.clone(),
                     position: StreamPosition {
@@ -174,6 +184,12 @@ impl Subscriptions {
                         offset: pos.last,
                     },
                 });
+                for p in joined.publications {
+                    if p.offset > pos.last && p.offset < before {
+                        pos.last = p.offset;
+                        out.push(Emit::Publication(Arc::new(Delivery::new(p))));
+                    }
+                }
             }
             Err(err) => {
                 // The broker is failing; say so rather than pretend nothing was missed.
