@@ -184,6 +184,7 @@ async fn open(
         span,
         _slot: slot,
         emits: Vec::new(),
+        latency: node.metrics.delivery_latency.with_label_values(&["sse"]),
     };
     stream.start(&params).await?;
     tracing::debug!(channels = params.channels.len(), "sse stream opened");
@@ -220,6 +221,8 @@ struct SseStream {
     span: tracing::Span,
     _slot: ConnectionSlot,
     emits: Vec<Emit>,
+    /// This transport's latency histogram, looked up once (not per delivery).
+    latency: prometheus::Histogram,
 }
 
 impl SseStream {
@@ -338,11 +341,7 @@ impl SseStream {
                     self.cursor.advance(&p.channel, &p.epoch, p.offset);
                     put_event(buf, None, Some(&self.cursor.encode()), d.text().as_bytes());
                     let age_ms = herald_broker::now_ms().saturating_sub(p.ts_ms);
-                    self.node
-                        .metrics
-                        .delivery_latency
-                        .with_label_values(&["sse"])
-                        .observe(age_ms as f64 / 1000.0);
+                    self.latency.observe(age_ms as f64 / 1000.0);
                     delivered += 1;
                 }
                 Emit::Reset { channel, position } => {

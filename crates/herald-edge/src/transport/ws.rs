@@ -61,8 +61,11 @@ pub async fn upgrade(
         .into_response();
     };
     if !is_upgrade || req.method() != axum::http::Method::GET {
-        return EdgeError::http(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request")
-            .into_response();
+        return EdgeError::http(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request",
+        )
+        .into_response();
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -86,11 +89,13 @@ pub async fn upgrade(
         None => node.admit(Transport::Ws).ok(),
     };
     let refusal = refusal.or(if slot.is_none() {
-        Some(if node.draining.load(std::sync::atomic::Ordering::Acquire) {
-            CloseCode::Restart
-        } else {
-            CloseCode::TryAgainLater
-        })
+        Some(
+            if node.draining.load(std::sync::atomic::Ordering::Acquire) {
+                CloseCode::Restart
+            } else {
+                CloseCode::TryAgainLater
+            },
+        )
     } else {
         None
     });
@@ -114,7 +119,8 @@ pub async fn upgrade(
             (code, _) => {
                 let code = code.unwrap_or(CloseCode::TryAgainLater);
                 task_node.metrics.disconnect(code);
-                let _ = tokio::time::timeout(Duration::from_secs(5), close(&mut socket, code)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), close(&mut socket, code)).await;
             }
         }
     });
@@ -156,7 +162,11 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 /// Checks a display name from a query string.
 pub fn sanitize_user(user: Option<String>) -> Result<String, EdgeError> {
     let user = user.unwrap_or_default();
-    if user.len() > 64 || !user.chars().all(|c| c.is_alphanumeric() || "_-. @".contains(c)) {
+    if user.len() > 64
+        || !user
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_-. @".contains(c))
+    {
         return Err(EdgeError::http(
             StatusCode::BAD_REQUEST,
             "user must be at most 64 letters, digits or _-. @",
@@ -207,6 +217,8 @@ struct Session {
     delivered: u64,
     bytes_out: u64,
     emits: Vec<Emit>,
+    /// This transport's latency histogram, looked up once (not per delivery).
+    latency: prometheus::Histogram,
 }
 
 async fn run(node: Arc<Node>, socket: Socket, slot: ConnectionSlot, user: String) {
@@ -231,8 +243,10 @@ async fn run(node: Arc<Node>, socket: Socket, slot: ConnectionSlot, user: String
         delivered: 0,
         bytes_out: 0,
         emits: Vec::new(),
+        latency: node.metrics.delivery_latency.with_label_values(&["ws"]),
     };
-    let code = tracing::Instrument::instrument(session.serve(), span).await;
+    let code = tracing::Instrument::instrument(session.serve(), span.clone()).await;
+    tracing::debug!(parent: &span, code = code.code(), "websocket closed");
     session.node.metrics.disconnect(code);
     session.leave_all().await;
     node.hub.disconnect(&session.handle);
@@ -312,7 +326,12 @@ impl Session {
         let msg = match msg {
             None => return Flow::Gone,
             Some(Ok(m)) => m,
-            Some(Err(WsError::Capacity(_))) => return Flow::Close(CloseCode::TooBig),
+            Some(Err(WsError::Capacity(_))) => {
+                self.node
+                    .metrics
+                    .limit_rejected(crate::metrics::Limit::MessageSize);
+                return Flow::Close(CloseCode::TooBig);
+            }
             Some(Err(WsError::Utf8(_))) => return Flow::Close(CloseCode::InvalidPayload),
             Some(Err(WsError::Protocol(err))) => {
                 tracing::debug!(cause = %err, "websocket protocol error");
@@ -338,7 +357,12 @@ impl Session {
                     .inc_by(data.len() as u64);
                 self.on_binary(&data).await
             }
-            Message::Close(_) => Flow::Gone,
+            Message::Close(_) => {
+                // tungstenite has queued the close reply (RFC 6455 5.5.1); send it, or the
+                // client sees an unclean close (a browser's `onclose` gets 1006).
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
+                Flow::Gone
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
         }
     }
@@ -350,9 +374,9 @@ impl Session {
         };
         let (id, result) = match request {
             ClientFrame::Subscribe { id, channel, since } => {
-                (id, self.subscribe(id, channel, since).await)
+                (id, self.subscribe(id, &channel, since).await)
             }
-            ClientFrame::Unsubscribe { id, channel } => (id, self.unsubscribe(id, channel).await),
+            ClientFrame::Unsubscribe { id, channel } => (id, self.unsubscribe(id, &channel).await),
             ClientFrame::Publish {
                 id,
                 channel,
@@ -360,15 +384,15 @@ impl Session {
                 skip_self,
             } => {
                 let payload = Payload::Json(data.to_owned());
-                (id, self.publish(id, channel, payload, skip_self).await)
+                (id, self.publish(id, &channel, payload, skip_self).await)
             }
-            ClientFrame::Presence { id, channel } => (id, self.presence(id, channel).await),
+            ClientFrame::Presence { id, channel } => (id, self.presence(id, &channel).await),
             ClientFrame::History {
                 id,
                 channel,
                 since,
                 limit,
-            } => (id, self.history(id, channel, since, limit).await),
+            } => (id, self.history(id, &channel, since, limit).await),
             ClientFrame::Ping { id } => (id, self.send_text(frame::encode_pong(id)).await),
         };
         match result {
@@ -381,7 +405,7 @@ impl Session {
     async fn on_binary(&mut self, data: &Bytes) -> Flow {
         let publish = match herald_protocol::binary::parse_binary_publish(data) {
             Ok(p) => p,
-            Err(err) => return self.reply_error(None, err.into()).await,
+            Err(err) => return self.reply_error(binary_request_id(data), err.into()).await,
         };
         let payload = Payload::Binary(data.slice_ref(publish.payload));
         let channel = publish.channel.to_owned();
@@ -412,9 +436,15 @@ impl Session {
         }
         let max = self.node.config.limits.max_channels_per_connection;
         if self.subs.len() >= max {
+            self.node
+                .metrics
+                .limit_rejected(crate::metrics::Limit::ChannelsPerConnection);
             return Err(EdgeError::Limit(format!("at most {max} channels per connection")).into());
         }
-        let joined = self.node.join(channel, &self.handle, since.as_ref()).await?;
+        let joined = self
+            .node
+            .join(channel, &self.handle, since.as_ref())
+            .await?;
         self.subs.insert(channel, &joined.position);
         self.send_text(frame::encode_subscribed(
             id,
@@ -439,7 +469,8 @@ impl Session {
         }
         self.node.hub.unsubscribe(channel, &self.handle);
         self.node.presence_leave(channel, &self.entry).await;
-        self.send_text(frame::encode_unsubscribed(id, channel)).await
+        self.send_text(frame::encode_unsubscribed(id, channel))
+            .await
     }
 
     async fn publish(
@@ -460,12 +491,15 @@ impl Session {
                 false,
             )
             .await?;
-        self.send_text(frame::encode_ack(id, channel, &position)).await
+        self.send_text(frame::encode_ack(id, channel, &position))
+            .await
     }
 
     async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), SessionError> {
         if !self.node.config.namespace(channel).presence {
-            return Err(EdgeError::PermissionDenied(format!("presence is off for {channel}")).into());
+            return Err(
+                EdgeError::PermissionDenied(format!("presence is off for {channel}")).into(),
+            );
         }
         let clients = self
             .node
@@ -552,11 +586,7 @@ impl Session {
             None => Message::Text(d.text().clone()),
         };
         let age_ms = herald_broker::now_ms().saturating_sub(d.publication.ts_ms);
-        self.node
-            .metrics
-            .delivery_latency
-            .with_label_values(&["ws"])
-            .observe(age_ms as f64 / 1000.0);
+        self.latency.observe(age_ms as f64 / 1000.0);
         self.delivered += 1;
         self.feed(msg).await
     }
@@ -609,6 +639,15 @@ impl Session {
             self.node.presence_leave(&channel, &self.entry).await;
         }
     }
+}
+
+/// The request id of a binary frame that could not be parsed (e.g. a bad channel), when its
+/// bytes are there, so the error frame can echo it: `[len][channel][4-byte id]…`.
+fn binary_request_id(frame: &[u8]) -> Option<u64> {
+    let n = usize::from(*frame.first()?);
+    let id = frame.get(1 + n..1 + n + 4)?;
+    let id = u32::from_be_bytes(id.try_into().ok()?);
+    (n > 0 && id != 0).then_some(u64::from(id))
 }
 
 /// Why a request inside a session failed.
