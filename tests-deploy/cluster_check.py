@@ -544,6 +544,13 @@ async def check_basics(cl: Cluster) -> None:
               "a request that already names its edge gets no new Set-Cookie", "; ".join(r2.all("Set-Cookie")) or "none")
     r = await cl.http.request("GET", "/status")
     check(r.status == 200, "GET /status through nginx is 200", f"{r.status}")
+    # Plain HTTP requests (POST /publish of SSE clients, polls) stick too; X-Herald-Node names the edge.
+    for n in cl.nodes:
+        seen = []
+        for _ in range(5):
+            r = await cl.http.request("GET", "/healthz", {"Cookie": f"herald_node={n}"})
+            seen.append(r.header("X-Herald-Node"))
+        check(set(seen) == {n}, f"HTTP requests with cookie herald_node={n} land on {n} 5/5 (X-Herald-Node)", str(seen))
 
 
 async def check_api_guard(cl: Cluster, ch: str, listener: WsClient) -> None:
@@ -718,7 +725,7 @@ async def check_rule_metrics(cl: Cluster) -> None:
     while time.monotonic() < deadline:
         r = await ph.request("GET", f"/api/v1/label/__name__/values?start={time.time() - 120:.0f}")
         have = set(json.loads(r.body)["data"])
-        missing = [m for m in wanted if m not in have]
+        missing = [m for m in wanted if m not in have and f"{m}_bucket" not in have]
         if not missing:
             break
         await asyncio.sleep(1)
