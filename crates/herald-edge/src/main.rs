@@ -8,7 +8,14 @@ use herald_edge::Edge;
 const EXIT_CONFIG: i32 = 64;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            let _ = err.print();
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     let config = match EdgeConfig::from_cli(cli) {
         Ok(c) => c,
         Err(err) => {
