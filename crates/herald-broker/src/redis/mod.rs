@@ -62,6 +62,7 @@ mod config;
 mod history;
 mod keys;
 mod presence;
+mod probe;
 mod publish;
 mod pubsub;
 mod registry;

@@ -11,7 +11,8 @@
 //!    [`BrokerEvents`]; Redis delivers one topic's messages in publish order and the publish
 //!    script publishes in offset order, so each channel's events leave in offset order.
 //! 3. Every `probe_interval` a nonce is published (over the command connection) to the probe
-//!    topic; if it is not read back within `probe_timeout` the connection is declared dead.
+//!    topic; if it is not read back within `probe_timeout` the connection is declared dead
+//!    (`probe.rs`).
 //! 4. When the stream ends or the probe fails: unhealthy, no sink, reconnect with capped,
 //!    jittered exponential backoff; after resubscribing, emit [`BrokerEvent::Resync`] (live
 //!    messages may have been missed), check one probe round trip (which also proves the
@@ -48,8 +49,8 @@ enum Ended {
 /// State of the pub/sub connection, shared by the broker and its background tasks.
 pub(crate) struct PubSub {
     client: Client,
-    keys: Keys,
-    config: RedisBrokerConfig,
+    pub(crate) keys: Keys,
+    pub(crate) config: RedisBrokerConfig,
     /// Channels this node receives.
     pub(crate) subs: Subscriptions,
     /// The live connection's sink: set by `establish`, cleared by the supervisor when the
@@ -71,7 +72,7 @@ pub(crate) struct PubSub {
     pub(crate) events: OnceLock<Arc<dyn BrokerEvents>>,
 }
 
-fn unavailable(what: &str) -> BrokerError {
+pub(crate) fn unavailable(what: &str) -> BrokerError {
     BrokerError::Unavailable(format!("redis pub/sub: {what}"))
 }
 
@@ -295,53 +296,6 @@ impl PubSub {
         None
     }
 
-    /// One probe round trip on a fresh connection; other messages are dispatched meanwhile.
-    /// The command connections may not have noticed the outage yet (the first command after a
-    /// restart fails with a broken pipe and makes the connection reconnect), so every one is
-    /// PINGed and the probe published, retried until `probe_timeout`.
-    async fn verify(
-        &self,
-        stream: &mut PubSubStream,
-        commands: &Arc<Commands>,
-        cancel: &CancellationToken,
-    ) -> Result<(), BrokerError> {
-        let deadline = tokio::time::Instant::now() + self.config.probe_timeout;
-        let nonce = loop {
-            let nonce: u64 = rand::random();
-            let sent = match commands.ping_all().await {
-                Ok(()) => self.publish_probe(commands, nonce).await,
-                Err(err) => Err(err),
-            };
-            match sent {
-                Ok(()) => break nonce,
-                Err(err) if tokio::time::Instant::now() + VERIFY_RETRY >= deadline => {
-                    return Err(err)
-                }
-                Err(err) => {
-                    debug!(cause = %err, "probe publish after reconnect failed, retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(unavailable("shutting down")),
-                        _ = tokio::time::sleep(VERIFY_RETRY) => {}
-                    }
-                }
-            }
-        };
-        let mut pending = Some((nonce, deadline));
-        while pending.is_some() {
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(unavailable("shutting down")),
-                message = stream.next() => match message {
-                    Some(message) => self.dispatch(&message, &mut pending),
-                    None => return Err(unavailable("connection closed")),
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(unavailable("probe not answered after reconnect"));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Reads one connection until it ends, its probe fails, or `cancel`.
     async fn serve(
         &self,
@@ -375,29 +329,12 @@ impl PubSub {
         }
     }
 
-    /// Publishes a probe over the command connection (in its own task: the reader never waits
-    /// on a command). Returns its nonce and deadline.
-    fn send_probe(&self, commands: &Arc<Commands>) -> (u64, tokio::time::Instant) {
-        let nonce: u64 = rand::random();
-        let this = (self.keys.probe().to_string(), commands.clone());
-        tokio::spawn(async move {
-            let (topic, commands) = this;
-            if let Err(err) = publish_probe(&commands, &topic, nonce).await {
-                debug!(cause = %err, "probe publish failed");
-            }
-        });
-        (
-            nonce,
-            tokio::time::Instant::now() + self.config.probe_timeout,
-        )
-    }
-
-    async fn publish_probe(&self, commands: &Commands, nonce: u64) -> Result<(), BrokerError> {
-        publish_probe(commands, self.keys.probe(), nonce).await
-    }
-
     /// Hands one pub/sub message to the edge.
-    fn dispatch(&self, message: &redis::Msg, pending: &mut Option<(u64, tokio::time::Instant)>) {
+    pub(crate) fn dispatch(
+        &self,
+        message: &redis::Msg,
+        pending: &mut Option<(u64, tokio::time::Instant)>,
+    ) {
         self.touch();
         let topic = message.get_channel_name();
         let bytes = message.get_payload_bytes();
@@ -423,22 +360,6 @@ impl PubSub {
             debug!(topic, "message on an unexpected topic");
         }
     }
-}
-
-/// Pause between probe publishes while verifying a fresh connection.
-const VERIFY_RETRY: Duration = Duration::from_millis(50);
-
-async fn publish_probe(commands: &Commands, topic: &str, nonce: u64) -> Result<(), BrokerError> {
-    commands
-        .run("probe", |mut con| async move {
-            redis::cmd("PUBLISH")
-                .arg(topic)
-                .arg(codec::encode_probe(nonce))
-                .query_async::<i64>(&mut con)
-                .await
-        })
-        .await
-        .map(|_| ())
 }
 
 /// Sleeps until `deadline`, or forever without one.
