@@ -59,6 +59,14 @@ die() {
 
 pidfile() { echo "$RUN/pids/$1.pid"; }
 
+# A process is alive if it exists and is not a zombie (an init that does not reap orphans, as in
+# some containers, leaves dead daemons as zombies that still answer kill -0).
+alive() {
+  local st
+  st="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [[ -n "$st" && "$st" != Z ]]
+}
+
 # The executable a process of this NAME must be (guards against a recycled pid).
 exe_of() {
   case "$1" in
@@ -69,16 +77,28 @@ exe_of() {
   esac
 }
 
+# Each process is started in its own session, so its process group id is its pid. When the
+# leader is gone, SIGKILL what is left of its group that is still ours (nginx workers outlive a
+# SIGKILLed master and keep the port).
+reap_group() {  # PGID NAME
+  local p exe
+  exe="$(exe_of "$2")"
+  for p in $(pgrep -g "$1" 2>/dev/null || true); do
+    alive "$p" && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "$exe" && kill -KILL "$p" 2>/dev/null || true
+  done
+}
+
 # pid of NAME if it is running, else nothing (and a stale pid file is removed).
 running_pid() {
   local f pid
   f="$(pidfile "$1")"
   [[ -f $f ]] || return 1
   pid="$(cat "$f" 2>/dev/null || true)"
-  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
+  if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" \
      && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$(exe_of "$1")"; then
     echo "$pid"; return 0
   fi
+  [[ "$pid" =~ ^[0-9]+$ ]] && reap_group "$pid" "$1"
   rm -f "$f"; return 1
 }
 
@@ -102,16 +122,16 @@ stop_procs() {
   local deadline=$((SECONDS + GRACE + 10)) alive
   while :; do
     alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    for p in "${pids[@]}"; do alive "$p" && alive=1; done
     [[ $alive == 0 ]] && break
     if ((SECONDS >= deadline)); then
       say "still running after $((GRACE + 10))s: ${names[*]}; SIGKILL"
-      for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+      for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; done
       sleep 0.2; break
     fi
     sleep 0.1
   done
-  for n in "${names[@]}"; do rm -f "$(pidfile "$n")"; done
+  for i in "${!names[@]}"; do reap_group "${pids[$i]}" "${names[$i]}"; rm -f "$(pidfile "${names[$i]}")"; done
   say "stopped (${sig}): ${names[*]}"
 }
 
@@ -213,7 +233,7 @@ start_edge() {
   [[ -n "${HERALD_CLUSTER_CONFIG:-}" ]] && args+=(--config "$(realpath "$HERALD_CLUSTER_CONFIG")")
   # Only what is passed explicitly configures the edges: drop any HERALD_* from the caller.
   spawn "$name" env $(env | grep -o '^HERALD_[A-Z_]*' | grep -v '^HERALD_CLUSTER' | sed 's/^/-u /') \
-    RUST_LOG="${RUST_LOG:-info}" "$HERALD_BIN" "${args[@]}"
+    RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$HERALD_BIN" "${args[@]}"
 }
 
 edge_ready() { [[ "$(http_code "$(edge_var "$1" URL)/readyz")" == 200 ]]; }
@@ -398,7 +418,9 @@ case "$cmd" in
   env) need_state; grep -v '^#' "$RUN/cluster.env" ;;
   stop) need_state; check_name "${1:?stop NAME}"; stop_procs TERM "$1" ;;
   kill) need_state; check_name "${1:?kill NAME}"
-        if pid="$(running_pid "$1")"; then kill -KILL "$pid"; rm -f "$(pidfile "$1")"; say "killed $1 ($pid)"
+        if pid="$(running_pid "$1")"; then
+          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"   # the whole group: nginx workers too
+          rm -f "$(pidfile "$1")"; say "killed $1 ($pid)"
         else say "$1 is not running"; fi ;;
   start) need_state; check_name "${1:?start NAME}"; ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; start_one "$1"; say "$1 ready" ;;
   restart) need_state; check_name "${1:?restart NAME}"; stop_procs TERM "$1"; ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
