@@ -6,6 +6,8 @@
 //! every way it can be wrong. Server frames are written by the `encode_*` functions; the message
 //! frame is built once per publication and the same bytes go to every subscriber.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -23,8 +25,8 @@ pub enum ClientFrame<'a> {
     Subscribe {
         /// Request id to echo.
         id: Option<u64>,
-        /// The channel.
-        channel: &'a str,
+        /// The channel (owned only when the client escaped characters in it, e.g. `\/`).
+        channel: Cow<'a, str>,
         /// Resume point.
         since: Option<StreamPosition>,
     },
@@ -32,15 +34,15 @@ pub enum ClientFrame<'a> {
     Unsubscribe {
         /// Request id to echo.
         id: Option<u64>,
-        /// The channel.
-        channel: &'a str,
+        /// The channel (owned only when the client escaped characters in it, e.g. `\/`).
+        channel: Cow<'a, str>,
     },
     /// Publish `data` (raw JSON text) to a channel.
     Publish {
         /// Request id to echo in the ack.
         id: Option<u64>,
-        /// The channel.
-        channel: &'a str,
+        /// The channel (owned only when the client escaped characters in it, e.g. `\/`).
+        channel: Cow<'a, str>,
         /// The payload, exactly as the client wrote it.
         data: &'a RawValue,
         /// Whether the sender skips its own copy.
@@ -50,15 +52,15 @@ pub enum ClientFrame<'a> {
     Presence {
         /// Request id to echo.
         id: Option<u64>,
-        /// The channel.
-        channel: &'a str,
+        /// The channel (owned only when the client escaped characters in it, e.g. `\/`).
+        channel: Cow<'a, str>,
     },
     /// Read a channel's history.
     History {
         /// Request id to echo.
         id: Option<u64>,
-        /// The channel.
-        channel: &'a str,
+        /// The channel (owned only when the client escaped characters in it, e.g. `\/`).
+        channel: Cow<'a, str>,
         /// Read after this position (absent: the newest `limit` messages).
         since: Option<StreamPosition>,
         /// At most this many messages.
@@ -77,8 +79,9 @@ struct RawFrame<'a> {
     op: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     id: Option<u64>,
+    // Cow, not &str: a JSON string with escapes (`"chat\/room"`) cannot be borrowed.
     #[serde(borrow, default)]
-    channel: Option<&'a str>,
+    channel: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
     #[serde(default)]
@@ -108,11 +111,12 @@ impl<'a> ClientFrame<'a> {
         let op = raw
             .op
             .ok_or_else(|| ProtocolError::BadRequest("missing field `op`".into()))?;
-        let channel = || -> Result<&'a str, ProtocolError> {
-            let ch = raw
-                .channel
+        let raw_channel = raw.channel;
+        let channel = || -> Result<Cow<'a, str>, ProtocolError> {
+            let ch = raw_channel
+                .clone()
                 .ok_or_else(|| ProtocolError::BadRequest("missing field `channel`".into()))?;
-            validate_channel(ch)?;
+            validate_channel(&ch)?;
             Ok(ch)
         };
         let since = match raw.since {
@@ -286,10 +290,13 @@ mod tests {
 
     #[test]
     fn parses_every_op() {
-        let f = ClientFrame::parse(r#"{"op":"subscribe","channel":"chat:a","id":1,"since":{"epoch":"e1","offset":17}}"#).unwrap();
+        let f = ClientFrame::parse(
+            r#"{"op":"subscribe","channel":"chat:a","id":1,"since":{"epoch":"e1","offset":17}}"#,
+        )
+        .unwrap();
         match f {
             ClientFrame::Subscribe { id, channel, since } => {
-                assert_eq!((id, channel), (Some(1), "chat:a"));
+                assert_eq!((id, &*channel), (Some(1), "chat:a"));
                 assert_eq!(
                     since,
                     Some(StreamPosition {
@@ -329,6 +336,11 @@ mod tests {
             ClientFrame::parse(r#"{"op":"unsubscribe","channel":"c"}"#).unwrap(),
             ClientFrame::Unsubscribe { .. }
         ));
+        // Escapes in a channel name (e.g. PHP's json_encode writes `\/`) are fine.
+        match ClientFrame::parse(r#"{"op":"subscribe","channel":"chat\/a\u0062"}"#).unwrap() {
+            ClientFrame::Subscribe { channel, .. } => assert_eq!(channel, "chat/ab"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -339,12 +351,28 @@ mod tests {
             (r#"{"id":1}"#, ErrorCode::BadRequest),
             (r#"{"op":"fly"}"#, ErrorCode::UnknownOp),
             (r#"{"op":"subscribe"}"#, ErrorCode::BadRequest),
-            (r#"{"op":"subscribe","channel":"a b"}"#, ErrorCode::InvalidChannel),
+            (
+                r#"{"op":"subscribe","channel":"a b"}"#,
+                ErrorCode::InvalidChannel,
+            ),
+            (
+                r#"{"op":"subscribe","channel":"caf\u00e9"}"#,
+                ErrorCode::InvalidChannel,
+            ),
             (r#"{"op":"subscribe","channel":7}"#, ErrorCode::BadRequest),
             (r#"{"op":"publish","channel":"a"}"#, ErrorCode::BadRequest),
-            (r#"{"op":"subscribe","channel":"a","since":{"epoch":"a\nb","offset":1}}"#, ErrorCode::BadCursor),
-            (r#"{"op":"subscribe","channel":"a","since":{"epoch":"e","offset":-1}}"#, ErrorCode::BadRequest),
-            (r#"{"op":"history","channel":"a","limit":100000}"#, ErrorCode::BadRequest),
+            (
+                r#"{"op":"subscribe","channel":"a","since":{"epoch":"a\nb","offset":1}}"#,
+                ErrorCode::BadCursor,
+            ),
+            (
+                r#"{"op":"subscribe","channel":"a","since":{"epoch":"e","offset":-1}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"op":"history","channel":"a","limit":100000}"#,
+                ErrorCode::BadRequest,
+            ),
             (r#"{"op":"ping","id":"x"}"#, ErrorCode::BadRequest),
         ];
         for (text, code) in cases {

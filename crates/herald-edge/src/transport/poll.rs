@@ -38,7 +38,7 @@ pub async fn handler(
 
 async fn poll(node: Arc<Node>, query: Option<String>, headers: HeaderMap) -> Result<Response, EdgeError> {
     if !crate::server::origin_allowed(&node, &headers) {
-        return Err(EdgeError::http(StatusCode::FORBIDDEN, "origin not allowed"));
+        return Err(EdgeError::PermissionDenied("origin not allowed".into()));
     }
     let params = parse_params(query.as_deref(), node.config.limits.max_channels_per_connection)?;
     let timeout = match params.timeout.as_deref() {
