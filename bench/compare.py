@@ -23,16 +23,49 @@ METRICS = [
     ("established", ("results", "connections", "established"), True),
     ("connect p99 ms", ("results", "connections", "connect_latency", "p99_ms"), False),
     ("achieved conn/s", ("results", "extra", "achieved_per_sec"), True),
+    ("same-edge p99 ms", ("results", "messages", "same_edge", "p99_ms"), False),
+    ("cross-edge p99 ms", ("results", "messages", "cross_edge", "p99_ms"), False),
+    ("held open", ("results", "extra", "held_open"), True),
     ("server KiB/conn", ("results", "extra", "server_rss_kib_per_conn"), False),
+    ("edge KiB/conn", ("edge_kib",), False),
+    ("kernel slab B/conn", ("results", "extra", "kernel_slab_bytes_per_conn"), False),
+    ("kernel tcp B/conn", ("results", "extra", "kernel_tcp_mem_bytes_per_conn"), False),
+    ("disconnected", ("results", "extra", "storm", "disconnected"), False),
+    ("never reconnected", ("results", "extra", "storm", "never_reconnected"), False),
+    ("not recovered", ("results", "extra", "storm", "not_recovered"), False),
+    ("resumed 95% s", ("results", "extra", "storm", "time_to_resume", "p95_secs"), False),
+    ("resumed 99% s", ("results", "extra", "storm", "time_to_resume", "p99_secs"), False),
+    ("resumed 100% s", ("results", "extra", "storm", "time_to_resume", "p100_secs"), False),
     ("server cpu cores", ("servers_cpu",), False),
+    ("edge cpu cores", ("edge_cpu",), False),
     ("loadtest cpu %", ("tool", "cpu_percent_of_available"), False),
 ]
+
+
+# The process that terminates the clients' connections: Herald's edges, nchan's nginx worker.
+EDGE_COMM = {"herald": "herald", "nchan": "nginx"}
+
+
+def edge_pids(report):
+    """pids of the edge processes of a report (idle reports name each process)."""
+    procs = report.get("results", {}).get("extra", {}).get("server_rss_by_process") or []
+    want = EDGE_COMM.get(report.get("params", {}).get("target"), "")
+    return {p["pid"] for p in procs if p.get("comm") == want}
 
 
 def get(report, path):
     if path == ("servers_cpu",):
         servers = report.get("servers") or []
         return sum(s["cpu_cores"] for s in servers) if servers else None
+    if path == ("edge_kib",):
+        procs = report.get("results", {}).get("extra", {}).get("server_rss_by_process") or []
+        want = EDGE_COMM.get(report.get("params", {}).get("target"), "")
+        vals = [p["kib_per_conn"] for p in procs if p.get("comm") == want and p.get("kib_per_conn") is not None]
+        return sum(vals) if vals else None
+    if path == ("edge_cpu",):
+        pids = edge_pids(report)
+        vals = [s["cpu_cores"] for s in report.get("servers") or [] if s["pid"] in pids]
+        return sum(vals) if vals else None
     v = report
     for key in path:
         if not isinstance(v, dict) or key not in v:

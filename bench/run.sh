@@ -19,7 +19,13 @@
 #                        `CMD up` must print HERALD_URLS=... and HERALD_PIDS=... lines
 #   otherwise one edge from target/release/herald is started, with a Redis of its own
 #   (HERALD_REDIS=0: in-process broker).
+#   HERALD_BIN, LOADTEST  binaries (default target/release/herald, target/release/herald-loadtest)
+#   BEFORE_EACH='cmd'    shell command run (from the repo root) before every run, e.g.
+#                        'bench/herald-cluster.sh restore' to restart an edge a storm killed
 #   TAG=name             results folder name (default: scenario-timestamp)
+#   STEPS="r1 r2 ..."    run the scenario once per --rate value; STOP_AT_LIMIT=1 (default) stops
+#                        stepping a target after the first step whose median p99 > LIMIT_MS (50)
+#                        or that lost messages (that step is kept: it shows where the limit is)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -32,11 +38,13 @@ if [[ $NCPU -ge 2 ]]; then
     SERVER_CPUS="${SERVER_CPUS-0-$((NCPU - 2))}"
     LOADTEST_CPUS="${LOADTEST_CPUS-$((NCPU - 1))}"
 fi
+export SERVER_CPUS LOADTEST_CPUS # HERALD_CLUSTER_CMD (bench/herald-cluster.sh) pins with them
 TAG="${TAG:-$SCENARIO-$(date +%Y%m%d-%H%M%S)}"
 OUT="$RUN_DIR/results/$TAG"
 mkdir -p "$OUT"
-LOADTEST="$REPO_DIR/target/release/herald-loadtest"
-HERALD_BIN="$REPO_DIR/target/release/herald"
+LOADTEST="${LOADTEST:-$REPO_DIR/target/release/herald-loadtest}"
+HERALD_BIN="${HERALD_BIN:-$REPO_DIR/target/release/herald}"
+export HERALD_BIN
 
 build() {
     local missing=()
@@ -103,7 +111,9 @@ run_one() {
     for p in $pids; do args+=(--server-pid "$p"); done
     [[ -n $rate ]] && args+=(--rate "$rate")
     local file="$OUT/$SCENARIO-$target${rate:+-r$rate}-$rep.json"
-    log "run $rep/$REPEATS $SCENARIO $target${rate:+ rate $rate}"
+    if [[ -n ${BEFORE_EACH:-} ]]; then (cd "$REPO_DIR" && eval "$BEFORE_EACH") >&2 || log "BEFORE_EACH failed"; fi
+    log "run $rep/$REPEATS $SCENARIO $target${rate:+ rate $rate} (load average $(cut -d' ' -f1 /proc/loadavg))"
+    echo "$(date +%T) $(basename "$file") loadavg $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
     run_pinned "${LOADTEST_CPUS:-}" "$LOADTEST" "$SCENARIO" --target "$target" "${args[@]}" "$@" --json --quiet \
         >"$file" 2>"$file.log" || { log "loadtest failed, see $file.log"; return 1; }
 }
@@ -119,13 +129,42 @@ build
     echo "scenario=$SCENARIO args=$* repeats=$REPEATS"
     echo "pinned: servers to CPUs '${SERVER_CPUS:-none}', loadtest to CPUs '${LOADTEST_CPUS:-none}' (of $NCPU)"
     echo "herald=${HERALD_URLS:-} nchan=${NCHAN_URL:-}"
+    echo "herald_bin=$HERALD_BIN loadtest=$LOADTEST commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)"
+    echo "cluster=${HERALD_CLUSTER_CMD:-single edge} edges=${HERALD_CLUSTER_EDGES:-3} edge_cpus=${EDGE_CPUS-${SERVER_CPUS:-}} infra_cpus=${INFRA_CPUS-${SERVER_CPUS:-}}"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/setup.txt"
 
+# over_limit TARGET RATE: whether that step's median p99 is over LIMIT_MS or any run lost messages
+over_limit() {
+    python3 - "$OUT" "$SCENARIO-$1${2:+-r$2}" "${LIMIT_MS:-50}" <<'PY'
+import glob, json, statistics, sys
+out, stem, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+p99s, lost = [], 0
+for f in glob.glob(f"{out}/{stem}-[0-9]*.json"):
+    try:
+        m = json.load(open(f))["results"]["messages"]
+    except Exception:
+        continue
+    p99s.append(m["latency"]["p99_ms"]); lost += m["seq"]["lost"]
+sys.exit(0 if (not p99s or lost or statistics.median(p99s) > limit) else 1)
+PY
+}
+
+active="$TARGETS"
 for rate in ${STEPS:-""}; do
+    [[ -n ${active// /} ]] || break
     for ((rep = 1; rep <= REPEATS; rep++)); do
-        for target in $TARGETS; do
+        for target in $active; do
             run_one "$target" "$rep" "$rate" "$@" || true
         done
     done
+    if [[ -n $rate && ${STOP_AT_LIMIT:-1} == 1 ]]; then
+        next=""
+        for target in $active; do
+            if over_limit "$target" "$rate"; then log "$target over the limit at rate $rate: not stepped further"
+            else next+="$target "; fi
+        done
+        active="$next"
+    fi
 done
 python3 "$BENCH_DIR/compare.py" "$OUT"

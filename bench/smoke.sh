@@ -4,9 +4,13 @@
 # installed). A check fails on any connect error, loss, duplicate or reordering.
 # Prints "N passed, N failed" last; exits non-zero on a failure.
 #
-# environment: PROFILE=debug|release (default debug), SMOKE_TARGETS="herald nchan"
+# environment: PROFILE=debug|release (default debug), SMOKE_TARGETS="herald nchan",
+#              SMOKE_TIMEOUT=60 (seconds one loadtest run may take before it counts as failed)
+# Everything runs on free loopback ports under bench/.run/smoke/ and is stopped on exit.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
+T0=$SECONDS
+log() { echo "[bench +$((SECONDS - T0))s] $*" >&2; }
 RUN_DIR="${RUN_DIR:-$BENCH_DIR/.run}/smoke"
 mkdir -p "$RUN_DIR"
 PROFILE="${PROFILE:-debug}"
@@ -48,7 +52,7 @@ PY
 smoke() {
     local target="$1" name="$2"; shift 2
     local file="$RUN_DIR/$target-$name.json"
-    if "$LT" "$@" --target "$target" --json --quiet >"$file" 2>"$file.log"; then
+    if timeout "${SMOKE_TIMEOUT:-60}" "$LT" "$@" --target "$target" --json --quiet >"$file" 2>"$file.log"; then
         check "$target $name" "$file"
     else
         FAIL=$((FAIL + 1)); log "FAIL $target $name: $(tail -1 "$file.log")"
@@ -73,6 +77,7 @@ start_edge() { # start_edge NAME -> prints "pid url"
     (exec "$HERALD" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --node-id "$1" \
         ${SMOKE_REDIS_URL:+--redis-url "$SMOKE_REDIS_URL"}) >"$RUN_DIR/$1.log" 2>&1 &
     local pid=$!
+    disown "$pid" 2>/dev/null # the storm kills it: no "Killed" job notice
     PIDS+=("$pid")
     wait_for "herald $1" 30 curl -sf "http://127.0.0.1:$port/healthz"
     EDGE_PID=$pid EDGE_URL="http://127.0.0.1:$port"
@@ -104,5 +109,5 @@ if [[ $TARGETS == *nchan* ]]; then
         log "skip nchan: nginx, libnginx-mod-nchan or redis-server not installed"
     fi
 fi
-echo "smoke: $PASS passed, $FAIL failed"
+echo "smoke: $PASS passed, $FAIL failed in $((SECONDS - T0))s"
 [[ $FAIL -eq 0 && $PASS -gt 0 ]]
