@@ -1,11 +1,13 @@
 //! Connecting the edge to the Redis cluster broker, and exporting its health as metrics.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_broker::redis::{RedisBroker, RedisBrokerConfig};
 use herald_broker::Broker;
-use prometheus::{Gauge, IntGauge};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Gauge, IntCounter, IntGauge};
 
 use crate::config::EdgeConfig;
 use crate::metrics::Metrics;
@@ -27,42 +29,70 @@ pub async fn connect_redis(
 }
 
 fn export_health(broker: &Arc<RedisBroker>, metrics: &Arc<Metrics>) {
-    let reconnects = IntGauge::new(
-        "herald_redis_reconnects_total",
-        "Times the pub/sub connection to Redis was re-established.",
-    )
-    .expect("metric");
-    let idle = Gauge::new(
-        "herald_redis_pubsub_idle_seconds",
-        "Seconds since the last message or probe seen on the pub/sub connection.",
-    )
-    .expect("metric");
-    let healthy = IntGauge::new(
-        "herald_redis_healthy",
-        "1 while the pub/sub connection is up and its probe answers.",
-    )
-    .expect("metric");
-    let subscribed = IntGauge::new(
-        "herald_redis_subscribed_channels",
-        "Channels this node is subscribed to in Redis.",
-    )
-    .expect("metric");
-    for m in [&reconnects, &healthy, &subscribed] {
-        let _ = metrics.registry().register(Box::new(m.clone()));
+    let health = RedisHealth {
+        broker: Arc::downgrade(broker),
+        reconnects: IntCounter::new(
+            "herald_redis_reconnects_total",
+            "Times the pub/sub connection to Redis was re-established.",
+        )
+        .expect("metric"),
+        idle: Gauge::new(
+            "herald_redis_pubsub_idle_seconds",
+            "Seconds since the last message or probe seen on the pub/sub connection.",
+        )
+        .expect("metric"),
+        healthy: IntGauge::new(
+            "herald_redis_healthy",
+            "1 while the pub/sub connection is up and its probe answers.",
+        )
+        .expect("metric"),
+        subscribed: IntGauge::new(
+            "herald_redis_subscribed_channels",
+            "Channels this node is subscribed to in Redis.",
+        )
+        .expect("metric"),
+    };
+    if let Err(err) = metrics.registry().register(Box::new(health)) {
+        tracing::warn!(cause = %err, "cannot register the Redis health metrics");
     }
-    let _ = metrics.registry().register(Box::new(idle.clone()));
-    let weak = Arc::downgrade(broker);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(b) = weak.upgrade() else { break };
-            reconnects.set(b.reconnects() as i64);
-            idle.set(b.pubsub_idle_secs());
-            healthy.set(b.is_healthy() as i64);
-            subscribed.set(b.subscribed_channels() as i64);
+}
+
+/// The Redis broker's health, read from the broker at scrape time (so a flip of
+/// `herald_redis_healthy` or a reconnect shows in the very next scrape). Holds the broker
+/// weakly: after the broker is gone the last values stay.
+struct RedisHealth {
+    broker: Weak<RedisBroker>,
+    /// A counter: raised by the broker's reconnect count's growth since the last scrape.
+    reconnects: IntCounter,
+    idle: Gauge,
+    healthy: IntGauge,
+    subscribed: IntGauge,
+}
+
+impl Collector for RedisHealth {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.reconnects.desc();
+        d.extend(self.idle.desc());
+        d.extend(self.healthy.desc());
+        d.extend(self.subscribed.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Some(b) = self.broker.upgrade() {
+            let total = b.reconnects();
+            self.reconnects
+                .inc_by(total.saturating_sub(self.reconnects.get()));
+            self.idle.set(b.pubsub_idle_secs());
+            self.healthy.set(b.is_healthy() as i64);
+            self.subscribed.set(b.subscribed_channels() as i64);
         }
-    });
+        let mut m = self.reconnects.collect();
+        m.extend(self.idle.collect());
+        m.extend(self.healthy.collect());
+        m.extend(self.subscribed.collect());
+        m
+    }
 }
 
 /// The URL with any password replaced, for messages.

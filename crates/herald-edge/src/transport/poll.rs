@@ -30,25 +30,43 @@ pub async fn handler(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match poll(node, query, headers).await {
+    // One span per poll; `client` and `transport` (poll or longpoll) are recorded once known.
+    let span = tracing::info_span!("conn", client = tracing::field::Empty,
+        transport = tracing::field::Empty, node = %node.config.node_id);
+    match tracing::Instrument::instrument(poll(node.clone(), query, headers), span).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            crate::transport::sse::refused(&node, &e);
+            e.into_response()
+        }
     }
 }
 
-async fn poll(node: Arc<Node>, query: Option<String>, headers: HeaderMap) -> Result<Response, EdgeError> {
+async fn poll(
+    node: Arc<Node>,
+    query: Option<String>,
+    headers: HeaderMap,
+) -> Result<Response, EdgeError> {
     if !crate::server::origin_allowed(&node, &headers) {
         return Err(EdgeError::PermissionDenied("origin not allowed".into()));
     }
-    let params = parse_params(query.as_deref(), node.config.limits.max_channels_per_connection)?;
+    let params = parse_params(
+        query.as_deref(),
+        node.config.limits.max_channels_per_connection,
+    )?;
     let timeout = match params.timeout.as_deref() {
         None | Some("") => 25,
         Some(t) => t.parse::<u64>().map_err(|_| {
-            EdgeError::http(StatusCode::BAD_REQUEST, "timeout must be a whole number of seconds")
+            EdgeError::http(
+                StatusCode::BAD_REQUEST,
+                "timeout must be a whole number of seconds",
+            )
         })?,
     };
     let max = node.config.limits.poll_max_timeout_secs;
     if timeout > max {
+        node.metrics
+            .limit_rejected(crate::metrics::Limit::PollTimeout);
         return Err(EdgeError::http(
             StatusCode::BAD_REQUEST,
             format!("timeout must be at most {max} seconds"),
@@ -57,9 +75,16 @@ async fn poll(node: Arc<Node>, query: Option<String>, headers: HeaderMap) -> Res
     for ch in &params.channels {
         node.check_subscribe(ch)?;
     }
-    let transport = if timeout == 0 { Transport::Poll } else { Transport::LongPoll };
+    let transport = if timeout == 0 {
+        Transport::Poll
+    } else {
+        Transport::LongPoll
+    };
     let _slot = node.admit(transport)?;
     let client = node.new_client_id();
+    tracing::Span::current()
+        .record("client", &*client)
+        .record("transport", transport.label());
     let (handle, mut queue) = node.hub.connect(client, transport, &node.shutdown);
     let mut subs = Subscriptions::default();
     let mut cursor = Cursor::new();
@@ -138,6 +163,7 @@ async fn poll(node: Arc<Node>, query: Option<String>, headers: HeaderMap) -> Res
         }
     }
     cleanup(&node, &subs, &handle);
+    tracing::debug!(messages = messages.len(), recovered, "poll answered");
     let label = transport.label();
     let now = herald_broker::now_ms();
     for d in &messages {
