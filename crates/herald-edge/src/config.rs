@@ -15,7 +15,11 @@ use thiserror::Error;
 
 /// Command-line flags. Every flag is also an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "herald", version, about = "Herald edge node: real-time messaging over WebSocket, SSE and polling")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald edge node: real-time messaging over WebSocket, SSE and polling"
+)]
 pub struct Cli {
     /// Address for clients (WebSocket, SSE, polling, HTTP API).
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
@@ -278,7 +282,9 @@ impl EdgeConfig {
             return bad("limits.outbound_queue must be 2 ..= 1000000".into());
         }
         if l.ping_interval_secs == 0 || l.ping_timeout_secs == 0 || l.sse_heartbeat_secs == 0 {
-            return bad("ping interval, ping timeout and SSE heartbeat must be at least 1 s".into());
+            return bad(
+                "ping interval, ping timeout and SSE heartbeat must be at least 1 s".into(),
+            );
         }
         if l.poll_max_timeout_secs > 600 {
             return bad("limits.poll_max_timeout_secs must be at most 600".into());
@@ -306,17 +312,28 @@ impl EdgeConfig {
             .map(|(n, c)| (n.as_str(), c))
             .chain([("default", &self.default_namespace)])
         {
-            if name.is_empty() || herald_protocol::validate_channel(name).is_err() || name.contains(':') {
-                return bad(format!("namespace name {name:?} is not a valid channel prefix"));
+            if name.is_empty()
+                || herald_protocol::validate_channel(name).is_err()
+                || name.contains(':')
+            {
+                return bad(format!(
+                    "namespace name {name:?} is not a valid channel prefix"
+                ));
             }
             if ns.history_size > 1_000_000 {
-                return bad(format!("namespace {name}: history_size must be at most 1000000"));
+                return bad(format!(
+                    "namespace {name}: history_size must be at most 1000000"
+                ));
             }
             if ns.history_size > 0 && ns.history_ttl_secs == 0 {
-                return bad(format!("namespace {name}: history_ttl_secs must be at least 1 when history is on"));
+                return bad(format!(
+                    "namespace {name}: history_ttl_secs must be at least 1 when history is on"
+                ));
             }
             if ns.join_leave && !ns.presence {
-                return bad(format!("namespace {name}: join_leave needs presence = true"));
+                return bad(format!(
+                    "namespace {name}: join_leave needs presence = true"
+                ));
             }
         }
         Ok(())
@@ -375,7 +392,14 @@ mod tests {
             "[limits]\nmax_connections = 5\n[namespaces.chat]\nhistory_size = 7\njoin_leave = true\n",
         )
         .unwrap();
-        let c = parse(&["herald", "--node-id", "n1", "--config", path.to_str().unwrap()]).unwrap();
+        let c = parse(&[
+            "herald",
+            "--node-id",
+            "n1",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
         assert_eq!(c.limits.max_connections, 5);
         assert_eq!(c.namespace("chat:x").history_size, 7);
         assert!(c.namespace("chat:x").join_leave);
@@ -387,7 +411,14 @@ mod tests {
         assert!(parse(&["herald", "--node-id", "bad id"]).is_err());
         assert!(parse(&["herald", "--node-id", "n", "--redis-url", "http://x"]).is_err());
         assert!(parse(&["herald", "--node-id", "n", "--log-format", "xml"]).is_err());
-        assert!(parse(&["herald", "--node-id", "n", "--config", "/nonexistent/h.toml"]).is_err());
+        assert!(parse(&[
+            "herald",
+            "--node-id",
+            "n",
+            "--config",
+            "/nonexistent/h.toml"
+        ])
+        .is_err());
         let mut c = EdgeConfig::default();
         c.limits.outbound_queue = 0;
         assert!(c.validate().is_err());

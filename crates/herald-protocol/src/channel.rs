@@ -12,7 +12,9 @@ pub const MAX_CHANNEL_LEN: usize = 255;
 /// Checks that `name` is a valid channel name.
 pub fn validate_channel(name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {
-        return Err(ProtocolError::InvalidChannel("channel name is empty".into()));
+        return Err(ProtocolError::InvalidChannel(
+            "channel name is empty".into(),
+        ));
     }
     if name.len() > MAX_CHANNEL_LEN {
         return Err(ProtocolError::InvalidChannel(format!(

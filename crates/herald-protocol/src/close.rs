@@ -75,7 +75,11 @@ impl CloseCode {
     pub fn reconnect_allowed(self) -> bool {
         !matches!(
             self,
-            CloseCode::Policy | CloseCode::InvalidPayload | CloseCode::TooBig | CloseCode::Unauthorized | CloseCode::BadProtocol
+            CloseCode::Policy
+                | CloseCode::InvalidPayload
+                | CloseCode::TooBig
+                | CloseCode::Unauthorized
+                | CloseCode::BadProtocol
         )
     }
 
@@ -104,12 +108,19 @@ mod tests {
 
     #[test]
     fn app_codes_follow_the_reconnect_ranges() {
-        for c in [CloseCode::HeartbeatTimeout, CloseCode::SlowConsumer, CloseCode::RateLimited] {
+        for c in [
+            CloseCode::HeartbeatTimeout,
+            CloseCode::SlowConsumer,
+            CloseCode::RateLimited,
+        ] {
             assert!((4000..4500).contains(&c.code()) && c.reconnect_allowed());
         }
         for c in [CloseCode::Unauthorized, CloseCode::BadProtocol] {
             assert!((4500..5000).contains(&c.code()) && !c.reconnect_allowed());
         }
-        assert_eq!(CloseCode::Restart.label(), CloseCode::Restart.code().to_string());
+        assert_eq!(
+            CloseCode::Restart.label(),
+            CloseCode::Restart.code().to_string()
+        );
     }
 }
