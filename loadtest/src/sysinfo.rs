@@ -73,6 +73,28 @@ pub(crate) fn tcp_sockstat() -> Option<(u64, u64)> {
     Some((value("mem")? * 4, value("inuse")?))
 }
 
+/// Kernel slab memory in bytes: the sum of active objects x object size over every cache in
+/// /proc/slabinfo (readable by root), or `Slab:` of /proc/meminfo otherwise. Sockets, their
+/// files, dentries, inodes and epoll items all live here.
+pub(crate) fn kernel_slab_bytes() -> Option<u64> {
+    if let Ok(text) = std::fs::read_to_string("/proc/slabinfo") {
+        let mut total = 0u64;
+        for line in text.lines().skip(2) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(active), Some(size)) = (f.get(1), f.get(3)) {
+                if let (Ok(a), Ok(s)) = (active.parse::<u64>(), size.parse::<u64>()) {
+                    total += a * s;
+                }
+            }
+        }
+        if total > 0 {
+            return Some(total);
+        }
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    status_kib(&meminfo, "Slab:").map(|k| k * 1024)
+}
+
 /// The machine and build a run happened on.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Environment {
