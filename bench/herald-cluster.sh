@@ -64,9 +64,18 @@ up() {
     local port; port=$(free_port)
     local pin_cmd=()
     [[ -n $INFRA_CPUS ]] && pin_cmd=(taskset -c "$INFRA_CPUS")
-    HERALD_BIN="$CL_DIR/bin/herald" HERALD_CLUSTER_PORT="$port" \
-        "${pin_cmd[@]}" "$REPO_DIR/deploy/cluster.sh" up >"$CL_DIR/up.log" 2>&1 ||
-        { cat "$CL_DIR/up.log" >&2; die "deploy/cluster.sh up failed"; }
+    # deploy/cluster.sh can report a process that is still exec'ing as "exited while starting"
+    # (it reads /proc/PID/cmdline right after spawning) on a busy machine: one retry.
+    local try
+    for try in 1 2; do
+        HERALD_BIN="$CL_DIR/bin/herald" HERALD_CLUSTER_PORT="$port" \
+            "${pin_cmd[@]}" "$REPO_DIR/deploy/cluster.sh" up >"$CL_DIR/up.log" 2>&1 && break
+        cat "$CL_DIR/up.log" >&2
+        kill_strays
+        [[ $try == 1 ]] || die "deploy/cluster.sh up failed"
+        log "deploy/cluster.sh up failed; retrying once"
+        port=$(free_port)
+    done
     # Bench settings for nginx: one worker, no access log, room for 2 sockets per client.
     local conf="$CL_DIR/nginx/nginx.conf"
     sed -i -e 's/^worker_processes .*/worker_processes 1;/' \
@@ -85,6 +94,19 @@ up() {
     [[ $(pgrep -P "$master" | wc -l) == 1 ]] || die "nginx did not settle on one worker"
     log "herald cluster up on :$port (edges pinned to '${EDGE_CPUS:-none}', nginx+redis to '${INFRA_CPUS:-none}')"
     emit
+}
+
+# Processes still listening on this cluster's ports that deploy/cluster.sh lost track of (its
+# pid file was removed by the race above): found by port, stopped.
+kill_strays() {
+    [[ -f $CL_DIR/cluster.env ]] || return 0
+    local ports p pid
+    ports=$(grep -v PROMETHEUS "$CL_DIR/cluster.env" | grep -oE '_PORT=[0-9]+' | cut -d= -f2 | sort -u)
+    for p in $ports; do
+        for pid in $(ss -Htlnp "sport = :$p" 2>/dev/null | grep -oE 'pid=[0-9]+' | cut -d= -f2 | sort -u); do
+            log "stopping stray pid $pid on port $p"; kill "$pid" 2>/dev/null || true
+        done
+    done
 }
 
 # Start every edge that is not running (after a storm killed one), pinned as at `up`.
@@ -106,7 +128,7 @@ restore() {
 case "${1:-}" in
     up) up ;;
     restore) restore ;;
-    down) HERALD_CLUSTER_DIR="$CL_DIR" "$REPO_DIR/deploy/cluster.sh" down ;;
+    down) "$REPO_DIR/deploy/cluster.sh" down; sleep 0.5; kill_strays ;;
     env) emit ;;
     *) sed -n '2,26p' "$0"; exit 2 ;;
 esac
