@@ -196,10 +196,11 @@ def test_with_an_api_key_presence_shows_na_and_the_status_page_asks_for_the_key(
     try:
         # SSE and polling pages use /api/presence, which now needs the key they do not have.
         wait_until(lambda: "n/a" in page.text_of("presence"), what="presence to show n/a")
-        # A poll has no welcome frame and /api/info is guarded: the edge is unknown.
+        # A poll has no welcome frame and /api/info is guarded, but every answer names its edge
+        # in X-Herald-Node.
         page.set_transport("longpoll")
         page.wait_connected("longpoll")
-        wait_until(lambda: page.state()["node"] == "n/a", what="the poll page's edge to show n/a")
+        wait_until(lambda: page.state()["node"] == "edge-keyed", what="the poll page's edge from X-Herald-Node")
         page.send("still works")
         page.wait_texts(["still works"])
 
