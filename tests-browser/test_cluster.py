@@ -1,0 +1,357 @@
+"""The browser demo in real headless Chromium, through nginx, on the native three-edge cluster.
+
+`deploy/cluster.sh up` starts redis, edge1..edge3 (target/release/herald), nginx and Prometheus as
+plain processes on free loopback ports, in a state directory of its own (.run/browser-cluster/
+run-PID, where the logs stay); the module's finalizer always brings it down. Three browsers open the demo through nginx's URL in the
+same room: one over WebSocket (page A), one over SSE + POST (B), one over long-poll (C). They
+exchange messages; then the edge page A is on is killed (SIGKILL, and in a second test drained with
+SIGTERM) while B and the HTTP API (`POST /publish` through nginx) keep publishing. Page A still
+holds the `herald_node` cookie naming the dead edge, so nginx must fail over to a backup; the page
+must reconnect to another edge, resume from its cursor (history lives in Redis, so with
+`recovered: true`), and end with every message, in order, with no gap, no duplicate and no
+"could not be recovered" notice. Screenshots: tests-browser/out/cluster.png (SIGKILL) and
+cluster-drain.png (SIGTERM).
+
+Run: python3 -m pytest -q tests-browser/test_cluster.py
+Environment: HERALD_BIN (default: `cargo build --release -p herald-edge`, then
+target/release/herald), CHROMIUM, CHROMEDRIVER.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import urlencode
+
+import pytest
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.support.ui import WebDriverWait
+
+from herald_browser import REPO, DemoPage, assert_in_order_without_gaps, chromium, free_port, wait_until
+
+CLUSTER_SH = REPO / "deploy" / "cluster.sh"
+# One state directory per run (logs stay there), so runs in parallel never touch each other.
+STATE_ROOT = REPO / ".run" / "browser-cluster"
+STATE_DIR = STATE_ROOT / f"run-{os.getpid()}"
+API_KEY = "browser-test-key"
+WAIT = 30.0  # seconds: a loaded 2-core machine runs three Chromiums, three edges, nginx, redis
+
+# Recorded in every page before app.js runs: the close code of each WebSocket, so a test can tell
+# a crash (1006, the connection just vanished) from a drain (1012, service restart).
+RECORD_WS_CLOSES = """
+(() => {
+  const Native = window.WebSocket;
+  window.__wsCloses = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('close', (e) => window.__wsCloses.push({code: e.code, reason: e.reason}));
+    }
+  };
+})();
+"""
+
+
+# ------------------------------------------------------------------------------------- cluster
+
+class Cluster:
+    """deploy/cluster.sh with its own state directory and free ports."""
+
+    def __init__(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_CLUSTER")}
+        env.update(
+            HERALD_CLUSTER_DIR=str(STATE_DIR),
+            HERALD_CLUSTER_PORT=str(free_port()),
+            HERALD_CLUSTER_PROMETHEUS_PORT=str(free_port()),
+            HERALD_CLUSTER_API_KEY=API_KEY,
+            HERALD_CLUSTER_GRACE="3",
+        )
+        if os.environ.get("HERALD_BIN"):
+            env["HERALD_BIN"] = os.environ["HERALD_BIN"]
+        self.env = env
+        self.vars: dict[str, str] = {}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(CLUSTER_SH), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"cluster.sh {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}\n{self.log_tails()}")
+        return done
+
+    def background(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(CLUSTER_SH), *args], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def up(self):
+        self.run("up")
+        out = self.run("env").stdout
+        # `cluster.sh env` prints shell assignments; values with spaces are %q-quoted.
+        self.vars = {k: v.replace("\\ ", " ") for k, v in re.findall(r"^(\w+)=(.*)$", out, re.M)}
+
+    @property
+    def url(self) -> str:
+        return self.vars["HERALD_CLUSTER_URL"]
+
+    @property
+    def edges(self) -> list[str]:
+        return self.vars["HERALD_CLUSTER_EDGE_NAMES"].split()
+
+    def edge_address(self, edge: str) -> str:
+        return f"127.0.0.1:{self.vars[f'HERALD_CLUSTER_{edge.upper()}_PORT']}"
+
+    def access_log(self) -> str:
+        path = STATE_DIR / "logs" / "nginx-access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def metrics_url(self, edge: str) -> str:
+        return f"http://127.0.0.1:{self.vars[f'HERALD_CLUSTER_{edge.upper()}_METRICS_PORT']}/metrics"
+
+    def recoveries(self, edges: list[str]) -> dict[str, float]:
+        """herald_recovery_requests_total by outcome, summed over `edges` (scraped directly)."""
+        total = {"recovered": 0.0, "not_recovered": 0.0}
+        for edge in edges:
+            with urllib.request.urlopen(self.metrics_url(edge), timeout=5) as r:
+                text = r.read().decode()
+            for outcome, value in re.findall(
+                    r'^herald_recovery_requests_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$', text, re.M):
+                total[outcome] = total.get(outcome, 0.0) + float(value)
+        return total
+
+    def publish(self, channel: str, data: dict) -> dict:
+        """POST /publish through nginx with no cookie (least_conn picks the edge), retrying what
+        nginx could not deliver anywhere (502/503/504: nothing was published)."""
+        body = json.dumps({"channel": channel, "data": data}).encode()
+        deadline = time.monotonic() + WAIT
+        while True:
+            request = urllib.request.Request(self.url + "/publish", data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    reply = json.loads(r.read())
+                    reply["node"] = r.headers.get("X-Herald-Node")
+                    return reply
+            except urllib.error.HTTPError as err:
+                if err.code not in (502, 503, 504) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)  # backoff before a retry, not synchronisation
+
+    def log_tails(self) -> str:
+        logs = STATE_DIR / "logs"
+        parts = []
+        for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+            lines = path.read_text(errors="replace").splitlines()[-15:]
+            parts.append(f"==> {path.name} <==\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+def release_binary():
+    """cluster.sh runs $HERALD_BIN or target/release/herald; the page is compiled into it, so
+    build it (quick when up to date) unless HERALD_BIN names one."""
+    if os.environ.get("HERALD_BIN"):
+        return
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "herald-edge", "--bin", "herald"],
+                   cwd=REPO, check=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    release_binary()
+    # Logs of earlier runs that were brought down (no pid file left) are not kept.
+    for old in STATE_ROOT.glob("run-*"):
+        if not list(old.glob("pids/*.pid")):
+            shutil.rmtree(old, ignore_errors=True)
+    c = Cluster()
+    request.addfinalizer(lambda: c.run("down", check=False))
+    c.up()
+    print(f"\ncluster up: {c.url} (state and logs in {STATE_DIR})")
+    return c
+
+
+@pytest.fixture
+def room():
+    return "cluster-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def pages(cluster, room):
+    opened: list[DemoPage] = []
+
+    def open_page(transport: str, user: str) -> DemoPage:
+        driver = chromium()
+        opened.append(DemoPage(driver, user))
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_WS_CLOSES})
+        driver.get(f"{cluster.url}/?{urlencode({'transport': transport, 'room': room, 'user': user})}")
+        page = opened[-1]
+        wait_js(page, "window.heraldDemo && heraldDemo.connected && heraldDemo.transport === arguments[0]"
+                      " && heraldDemo.node", f"{user} connected over {transport} with a known edge",
+                transport)
+        return page
+
+    yield open_page
+    try:
+        for page in opened:
+            errors = page.console_errors()
+            # Network errors while an edge is down are expected; script errors are not.
+            assert not [e for e in errors if "Uncaught" in e or "TypeError" in e], errors
+    finally:
+        for page in opened:
+            page.close()
+        # Bring back whatever a test stopped, so the next test has three edges again.
+        cluster.run("up")
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def wait_js(page: DemoPage, expression: str, what: str, *args, timeout: float = WAIT):
+    """Waits until the JS expression is truthy in the page; returns its value."""
+    try:
+        return WebDriverWait(page.driver, timeout, poll_frequency=0.1).until(
+            lambda d: d.execute_script(f"return {expression};", *args))
+    except TimeoutException:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; {page.name}: {page.state()}")
+
+
+def wait_texts(page: DemoPage, texts: list[str], timeout: float = WAIT):
+    wait_js(page, "(t => t.every(x => heraldDemo.received.some(m => m.data && m.data.text === x)))(arguments[0])",
+            f"{page.name} to receive {len(texts)} messages", texts, timeout=timeout)
+
+
+def node_cookie(page: DemoPage) -> str | None:
+    cookie = page.driver.get_cookie("herald_node")  # HttpOnly: visible to WebDriver, not to JS
+    return cookie and cookie["value"]
+
+
+def ws_closes(page: DemoPage) -> list[dict]:
+    return page.js("window.__wsCloses")
+
+
+def check_page(page: DemoPage, expected: list[str], channel: str):
+    """Everything expected, once each, in offset order with no gap, and no loss notice."""
+    got = page.received()
+    assert got and all(m["channel"] == channel for m in got)
+    assert len({m["epoch"] for m in got}) == 1, f"{page.name}: history epoch changed: {got}"
+    assert_in_order_without_gaps(got)
+    texts = page.texts()
+    dupes = sorted({t for t in texts if texts.count(t) > 1})
+    assert not dupes, f"{page.name} received these twice: {dupes}"
+    missing = [t for t in expected if t not in texts]
+    assert not missing, f"{page.name} is missing {missing}"
+    s = page.state()
+    assert s["gaps"] == [] and s["pending"] == 0, s
+    assert not [n for n in s["notices"] if "could not be recovered" in n], s["notices"]
+    assert s["notices"] == [], s["notices"]
+
+
+def failover_while_publishing(cluster: Cluster, pages, room: str, command: str, shot: str):
+    """Pages A (ws), B (sse), C (longpoll); `cluster.sh <command>` A's edge while B and the API
+    publish; A must come back on another edge with nothing lost."""
+    channel = f"chat:{room}"
+    a = pages("ws", "alice")
+    b = pages("sse", "bob")
+    c = pages("longpoll", "carol")
+    expected: list[str] = []
+
+    def send(page: DemoPage, text: str):
+        page.send(text)
+        expected.append(text)
+
+    for page in (a, b, c):
+        send(page, f"hello from {page.name}")
+    for page in (a, b, c):
+        wait_texts(page, expected)
+
+    victim = a.state()["node"]
+    placement = {p.name: p.state()["node"] for p in (a, b, c)}
+    print(f"\n{command} {victim}; pages on {placement}")
+    assert victim in cluster.edges
+    # The browser names the victim in its cookie: nginx routes it there first and must fail over.
+    assert node_cookie(a) == victim
+    survivors = [e for e in cluster.edges if e != victim]
+    before = cluster.recoveries(survivors)
+    closes_before = len(ws_closes(a))
+
+    started = time.monotonic()
+    proc = cluster.background(command, victim)
+    # B keeps talking while the edge goes away (a drain takes up to the 3 s grace) and until A is
+    # back; the pause only paces the messages, the waits below are on the pages' state.
+    i = 0
+    while proc.poll() is None or i < 5:
+        send(b, f"bob during {command} #{i}")
+        i += 1
+        time.sleep(0.25)
+        if i > 200:
+            break
+    out, _ = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, out
+    print(out.strip())
+
+    # The HTTP API through nginx, no cookie: least_conn over the edges, the dead one skipped.
+    for j in range(3):
+        text = f"api after {command} #{j}"
+        reply = cluster.publish(channel, {"text": text, "user": "api", "seq": j})
+        assert reply["node"] != victim, reply
+        expected.append(text)
+
+    # A sees its WebSocket close, reconnects through nginx to another edge and resumes.
+    close = wait_js(a, "window.__wsCloses.length > arguments[0] && window.__wsCloses[arguments[0]]",
+                    f"{a.name}'s WebSocket to close", closes_before)
+    wait_js(a, "heraldDemo.connected && heraldDemo.node && heraldDemo.node !== arguments[0] && heraldDemo.node",
+            f"{a.name} to reconnect to an edge other than {victim}", victim)
+    reconnected_in = time.monotonic() - started
+    new_node = a.state()["node"]
+    assert new_node in survivors
+    # The edge that took A over set the cookie to itself (on the WebSocket handshake).
+    WebDriverWait(a.driver, WAIT).until(lambda d: node_cookie(a) == new_node)
+
+    for j in range(3):
+        send(b, f"bob after {command} #{j}")
+        send(a, f"alice after {command} #{j}")
+    send(c, f"carol after {command}")
+    for page in (a, b, c):
+        wait_texts(page, expected)
+        wait_js(page, "heraldDemo.pending === 0", f"{page.name}'s outbox to empty")
+    for page in (a, b, c):
+        check_page(page, expected, channel)
+    # Same channel, same epoch, one order: every page holds the same conversation.
+    assert a.texts() == b.texts() == c.texts()
+
+    after = cluster.recoveries(survivors)
+    assert after["recovered"] > before["recovered"], (before, after)
+    assert after["not_recovered"] == before["not_recovered"], (before, after)
+    shot_path = a.screenshot(shot)
+
+    # nginx's own account of the failover: the reconnect named the victim in its cookie and was
+    # answered (101) by another edge. nginx logs a WebSocket when it ends, so A closes it (by
+    # moving to short polling: leaving the page may keep it open in the back-forward cache).
+    a.set_transport("poll")
+    dead = cluster.edge_address(victim)
+
+    def failover_logged():
+        for line in cluster.access_log().splitlines():
+            m = re.search(r'"GET /ws\?user=alice [^"]*" 101 .* cookie=(\S*) upstream=(.*) ustatus=(.*)$', line)
+            if m and m[1] == victim and m[2].split(", ")[-1] != dead and m[3].split(", ")[-1] == "101":
+                return line
+    print("nginx:", wait_until(failover_logged, WAIT, what="nginx to log the WebSocket failover"))
+    print(f"{a.name}: {victim} -> {new_node} (close {close['code']}) in {reconnected_in:.1f}s; "
+          f"{len(expected)} messages; screenshot {shot_path}")
+    return victim, close
+
+
+# ------------------------------------------------------------------------------------- tests
+
+def test_sigkill_edge_page_fails_over_through_nginx_and_loses_nothing(cluster, pages, room):
+    victim, close = failover_while_publishing(cluster, pages, room, "kill", "cluster.png")
+    assert close["code"] == 1006, close  # no close frame: the edge just vanished
+
+
+def test_sigterm_drain_page_moves_with_1012_and_loses_nothing(cluster, pages, room):
+    victim, close = failover_while_publishing(cluster, pages, room, "stop", "cluster-drain.png")
+    assert close["code"] == 1012, close  # service restart: the drain said goodbye
