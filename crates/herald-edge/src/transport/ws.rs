@@ -603,19 +603,21 @@ impl Session {
 
     async fn feed(&mut self, msg: Message) -> Result<(), SessionError> {
         self.bytes_out += msg.len() as u64;
-        let cancel = self.handle.cancel.clone();
+        // Biased, socket first: when the write is ready at once (the common case) the
+        // cancellation future is never polled, which would take the token's lock per message.
         tokio::select! {
+            biased;
             r = self.socket.feed(msg) => r.map_err(|_| SessionError::Gone),
-            _ = cancel.cancelled() => Ok(()),
+            _ = self.handle.cancel.cancelled() => Ok(()),
         }
     }
 
     async fn flush(&mut self) -> Result<(), SessionError> {
         self.flush_metrics();
-        let cancel = self.handle.cancel.clone();
         tokio::select! {
+            biased;
             r = self.socket.flush() => r.map_err(|_| SessionError::Gone),
-            _ = cancel.cancelled() => Ok(()),
+            _ = self.handle.cancel.cancelled() => Ok(()),
         }
     }
 
