@@ -20,6 +20,7 @@
 #   otherwise one edge from target/release/herald is started, with a Redis of its own
 #   (HERALD_REDIS=0: in-process broker).
 #   HERALD_BIN, LOADTEST  binaries (default target/release/herald, target/release/herald-loadtest)
+#   FRESH=1              restart the servers before every run (idle: per-connection memory)
 #   BEFORE_EACH='cmd'    shell command run (from the repo root) before every run, e.g.
 #                        'bench/herald-cluster.sh restore' to restart an edge a storm killed
 #   TAG=name             results folder name (default: scenario-timestamp)
@@ -102,6 +103,26 @@ stop_all() {
 }
 trap stop_all EXIT
 
+# FRESH=1: new server processes before every run (idle: a reused process keeps the memory
+# the previous run's connections left in its allocator, and the next delta reads ~0).
+restart_target() {
+    if [[ $1 == herald && -n $HERALD_STARTED ]]; then
+        case "$HERALD_STARTED" in
+            cmd) (cd "$REPO_DIR" && $HERALD_CLUSTER_CMD down) >/dev/null 2>&1 || true ;;
+            single)
+                kill "$(cat "$RUN_DIR/herald/edge.pid")" 2>/dev/null || true
+                kill "$(cat "$RUN_DIR/herald-redis/redis.pid")" 2>/dev/null || true
+                sleep 0.5 ;;
+        esac
+        HERALD_URLS="" HERALD_STARTED=""
+        start_herald
+    elif [[ $1 == nchan ]]; then
+        stop_nchan 2>/dev/null || true
+        sleep 0.5
+        start_nchan
+    fi
+}
+
 # run_one TARGET REP RATE
 run_one() {
     local target="$1" rep="$2" rate="$3" urls pids args=()
@@ -155,6 +176,7 @@ for rate in ${STEPS:-""}; do
     [[ -n ${active// /} ]] || break
     for ((rep = 1; rep <= REPEATS; rep++)); do
         for target in $active; do
+            [[ ${FRESH:-0} == 1 && ! ($rep == 1 && -z $rate) ]] && restart_target "$target"
             run_one "$target" "$rep" "$rate" "$@" || true
         done
     done

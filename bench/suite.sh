@@ -42,10 +42,10 @@ storm() {
 run_part() {
     case "$1" in
     fanout-ws)
-        part fanout-ws STEPS="10 20 40 80 160 320" -- fanout --connections 1000 --duration 6s --drain 5s ;;
+        part fanout-ws STEPS="10 20 30 40 80 120 160" -- fanout --connections 1000 --duration 6s --drain 5s ;;
     fanout-ws-direct)
         # the same, clients straight to one edge (no nginx in Herald's path): run.sh's single edge
-        part fanout-ws-direct HERALD_CLUSTER_CMD= STEPS="40 80 160 320" -- fanout --connections 1000 --duration 6s --drain 5s ;;
+        part fanout-ws-direct HERALD_CLUSTER_CMD= STEPS="20 40 80 120 160" -- fanout --connections 1000 --duration 6s --drain 5s ;;
     fanout-sse)
         part fanout-sse STEPS="10 20 40 80 160 320" -- fanout --transport sse --connections 1000 --duration 6s --drain 5s ;;
     fanout-longpoll)
@@ -61,8 +61,8 @@ run_part() {
         # (loadtest, edge, nchan's nginx worker).
         local n=${1#idle-}; n=${n%k}000
         [[ $n == 19000 ]] && n=19500
-        part "idle-ws-${1#idle-}" HERALD_DIRECT=1 HERALD_CLUSTER_EDGES=1 -- idle --connections $n --ramp 10s --duration 10s --source-ips 4 --connect-timeout 30s
-        part "idle-sse-${1#idle-}" HERALD_DIRECT=1 HERALD_CLUSTER_EDGES=1 -- idle --transport sse --connections $n --ramp 10s --duration 10s --source-ips 4 --connect-timeout 30s ;;
+        part "idle-ws-${1#idle-}" FRESH=1 HERALD_DIRECT=1 HERALD_CLUSTER_EDGES=1 -- idle --connections $n --ramp 10s --duration 10s --source-ips 4 --connect-timeout 30s
+        part "idle-sse-${1#idle-}" FRESH=1 HERALD_DIRECT=1 HERALD_CLUSTER_EDGES=1 -- idle --transport sse --connections $n --ramp 10s --duration 10s --source-ips 4 --connect-timeout 30s ;;
     connect)
         # clients straight to one edge, as nchan's clients reach nchan's nginx
         part connect HERALD_DIRECT=1 HERALD_CLUSTER_EDGES=1 STEPS="500 1000 2000 4000" STOP_AT_LIMIT=0 -- connect --duration 4s --source-ips 4 ;;
