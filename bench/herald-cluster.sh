@@ -116,7 +116,18 @@ restore() {
     local n started=0
     for n in $HERALD_CLUSTER_EDGE_NAMES; do
         if ! HERALD_BIN="$CL_DIR/bin/herald" "$REPO_DIR/deploy/cluster.sh" status 2>/dev/null | grep -q "^$n .*running"; then
-            HERALD_BIN="$CL_DIR/bin/herald" "$REPO_DIR/deploy/cluster.sh" start "$n" >&2
+            local url="HERALD_CLUSTER_${n^^}_URL" try
+            for try in 1 2 3; do
+                HERALD_BIN="$CL_DIR/bin/herald" "$REPO_DIR/deploy/cluster.sh" start "$n" >&2 || true
+                # deploy/cluster.sh may lose the pid of a process still exec'ing: check for real
+                if curl -sf -m 2 "${!url}/readyz" >/dev/null && [[ -s $CL_DIR/pids/$n.pid ]]; then break; fi
+                log "$n did not come back cleanly (try $try); stopping what listens on its port"
+                local port="HERALD_CLUSTER_${n^^}_PORT" pid
+                for pid in $(ss -Htlnp "sport = :${!port}" | grep -oE 'pid=[0-9]+' | cut -d= -f2 | sort -u); do
+                    kill "$pid" 2>/dev/null || true
+                done
+                sleep 1
+            done
             started=1
         fi
     done

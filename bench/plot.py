@@ -4,8 +4,9 @@ results (every *.json under the given folders), one point per run, medians joine
 Runs that lost messages are marked with a red x, runs the loadtest marked invalid (it
 saturated its core) with a black square.
 
-usage: bench/plot.py OUT.png FOLDER[=LABEL] [FOLDER[=LABEL]...] [--title TITLE]
-  bench/plot.py docs/fanout-ws.png bench/.run/results/fanout-ws="via nginx, 3 edges"
+usage: bench/plot.py OUT.png FOLDER[=LABEL[|NCHAN_LABEL]] [FOLDER...] [--title TITLE]
+  bench/plot.py docs/fanout-ws.png bench/.run/results/fanout-ws="nginx -> 3 edges|run 1"
+LABEL names the Herald series of that folder, NCHAN_LABEL (default LABEL) the nchan one.
 needs: pip install matplotlib
 """
 import json
@@ -54,10 +55,12 @@ def main():
     fig, ax = plt.subplots(figsize=(8, 5))
     used = {"herald": 0, "nchan": 0}
     for spec in folders:
-        folder, _, label = spec.partition("=")
+        folder, _, labels = spec.partition("=")
+        hlabel, _, nlabel = labels.partition("|")
         for target, steps in sorted(points(folder).items()):
             color = COLORS[target][used[target] % 3]
             used[target] += 1
+            label = hlabel if target == "herald" else (nlabel or hlabel)
             name = f"{target} ({label})" if label else target
             xs = [p[0] for s in steps.values() for p in s]
             ys = [p[1] for s in steps.values() for p in s]
