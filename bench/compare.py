@@ -50,7 +50,7 @@ def edge_pids(report):
     """pids of the edge processes of a report (idle reports name each process)."""
     procs = report.get("results", {}).get("extra", {}).get("server_rss_by_process") or []
     want = EDGE_COMM.get(report.get("params", {}).get("target"), "")
-    return {p["pid"] for p in procs if p.get("comm") == want}
+    return {p["pid"] for p in procs if want and p.get("comm", "").startswith(want)}
 
 
 def get(report, path):
@@ -60,7 +60,7 @@ def get(report, path):
     if path == ("edge_kib",):
         procs = report.get("results", {}).get("extra", {}).get("server_rss_by_process") or []
         want = EDGE_COMM.get(report.get("params", {}).get("target"), "")
-        vals = [p["kib_per_conn"] for p in procs if p.get("comm") == want and p.get("kib_per_conn") is not None]
+        vals = [p["kib_per_conn"] for p in procs if p.get("comm", "").startswith(want) and p.get("kib_per_conn") is not None]
         return sum(vals) if vals else None
     if path == ("edge_cpu",):
         pids = edge_pids(report)

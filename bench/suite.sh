@@ -47,9 +47,9 @@ run_part() {
         # the same, clients straight to one edge (no nginx in Herald's path): run.sh's single edge
         part fanout-ws-direct HERALD_CLUSTER_CMD= STEPS="20 40 80 120 160" -- fanout --connections 1000 --duration 6s --drain 5s ;;
     fanout-sse)
-        part fanout-sse STEPS="10 20 40 80 160 320" -- fanout --transport sse --connections 1000 --duration 6s --drain 5s ;;
+        part fanout-sse STEPS="10 20 40 80 120" -- fanout --transport sse --connections 1000 --duration 6s --drain 5s ;;
     fanout-longpoll)
-        part fanout-longpoll STEPS="5 10 20 40 80 160" -- fanout --transport longpoll --connections 1000 --duration 6s --drain 5s ;;
+        part fanout-longpoll STEPS="5 10 20 40 80" -- fanout --transport longpoll --connections 1000 --duration 6s --drain 5s ;;
     rooms)
         # direct to the edges: the loadtest tells same-edge from cross-edge by the URL used
         part rooms-k3 HERALD_DIRECT=1 -- rooms --connections 1000 --room-size 10 --rate 2 --duration 8s --drain 5s

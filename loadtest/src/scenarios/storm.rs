@@ -241,6 +241,11 @@ async fn client(
             .herald_ws()
             .map(|s| s.positions().to_vec())
             .unwrap_or_default();
+        // Close the broken socket before reconnecting: kept open until the new connection
+        // is up, every disconnected client held two descriptors, and with 10k+ clients the
+        // tool ran out (EMFILE, reported as fd_limit) and backed off - its own delay, not
+        // the server's.
+        drop(sub);
         let mut delay =
             Duration::from_secs_f64(rand::rng().random_range(0.0..=jitter.as_secs_f64()));
         let back = loop {
