@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-/// Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux).
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// One reading of a process's CPU time and memory.
