@@ -94,10 +94,17 @@ running_pid() {
   f="$(pidfile "$1")"
   [[ -f $f ]] || return 1
   pid="$(cat "$f" 2>/dev/null || true)"
-  if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" \
-     && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$(exe_of "$1")"; then
-    echo "$pid"; return 0
-  fi
+  # Just after spawn the pid may still be the subshell before its `exec` (cmdline: bash or
+  # setsid): give it a moment rather than declaring the process gone.
+  local try
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" || break
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$(exe_of "$1")"; then
+      echo "$pid"; return 0
+    fi
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE '^(/usr/bin/)?(bash|setsid)( |$)' || break
+    sleep 0.1
+  done
   [[ "$pid" =~ ^[0-9]+$ ]] && reap_group "$pid" "$1"
   rm -f "$f"; return 1
 }

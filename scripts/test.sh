@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 
 stage() { printf '\n=== %s ===\n' "$*"; }
 failed=()
+passed=0
 run() {
   local name=$1; shift
   stage "$name"
-  if "$@"; then echo "--- $name: ok"; else echo "--- $name: FAILED"; failed+=("$name"); fi
+  if "$@"; then echo "--- $name: ok"; passed=$((passed + 1)); else echo "--- $name: FAILED"; failed+=("$name"); fi
 }
 
 stage "build"
@@ -30,6 +31,7 @@ if [[ "${HERALD_SKIP_COMPOSE:-0}" != 1 && -x deploy/compose-test.sh ]] && docker
 fi
 
 stage "summary"
+echo "stages: $passed passed, ${#failed[@]} failed"
 if ((${#failed[@]})); then
   printf 'failed stages: %s\n' "${failed[*]}"
   exit 1
