@@ -153,11 +153,6 @@ impl Node {
         self.published.load(Ordering::Relaxed)
     }
 
-    /// Whether the node should receive traffic.
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire) && self.broker.is_healthy()
-    }
-
     /// Publishes on behalf of a client (`from` set, namespace permissions checked) or of the API
     /// (`from` = None, `as_api` true).
     pub async fn publish(

@@ -77,11 +77,6 @@ impl Subscriptions {
         self.channels.remove(channel).is_some()
     }
 
-    /// The current position in every channel.
-    pub fn positions(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.channels.iter().map(|(c, p)| (&**c, &*p.epoch, p.last))
-    }
-
     /// Checks a live publication; pushes what to write into `out`.
     pub async fn on_live(&mut self, node: &Node, delivery: Arc<Delivery>, out: &mut Vec<Emit>) {
         let p = &delivery.publication;

@@ -19,7 +19,7 @@ use crate::hub::{Delivery, Outbound};
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::subscriptions::{Emit, Subscriptions};
-use crate::transport::sse::parse_params;
+use crate::transport::sse::read_request;
 
 /// Most messages in one poll reply.
 const MAX_REPLY: usize = 1000;
@@ -47,13 +47,7 @@ async fn poll(
     query: Option<String>,
     headers: HeaderMap,
 ) -> Result<Response, EdgeError> {
-    if !crate::server::origin_allowed(&node, &headers) {
-        return Err(EdgeError::PermissionDenied("origin not allowed".into()));
-    }
-    let params = parse_params(
-        query.as_deref(),
-        node.config.limits.max_channels_per_connection,
-    )?;
+    let params = read_request(&node, query.as_deref(), &headers)?;
     let timeout = match params.timeout.as_deref() {
         None | Some("") => 25,
         Some(t) => t.parse::<u64>().map_err(|_| {
@@ -71,9 +65,6 @@ async fn poll(
             StatusCode::BAD_REQUEST,
             format!("timeout must be at most {max} seconds"),
         ));
-    }
-    for ch in &params.channels {
-        node.check_subscribe(ch)?;
     }
     let transport = if timeout == 0 {
         Transport::Poll

@@ -119,6 +119,23 @@ pub async fn handler(
     }
 }
 
+/// What SSE and polls check before anything else: the origin, the query, and that the client
+/// may subscribe to every channel it names.
+pub(crate) fn read_request(
+    node: &Node,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<StreamParams, EdgeError> {
+    if !crate::server::origin_allowed(node, headers) {
+        return Err(EdgeError::PermissionDenied("origin not allowed".into()));
+    }
+    let params = parse_params(query, node.config.limits.max_channels_per_connection)?;
+    for ch in &params.channels {
+        node.check_subscribe(ch)?;
+    }
+    Ok(params)
+}
+
 /// Counts a refused SSE or poll request (errors by code, and the per-connection channel cap).
 pub(crate) fn refused(node: &Node, err: &EdgeError) {
     node.metrics.error(err.code(), err.source_tag());
@@ -134,13 +151,7 @@ async fn open(
     query: Option<String>,
     headers: HeaderMap,
 ) -> Result<Response, EdgeError> {
-    if !crate::server::origin_allowed(&node, &headers) {
-        return Err(EdgeError::PermissionDenied("origin not allowed".into()));
-    }
-    let mut params = parse_params(
-        query.as_deref(),
-        node.config.limits.max_channels_per_connection,
-    )?;
+    let mut params = read_request(&node, query.as_deref(), &headers)?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().map_err(|_| {
             EdgeError::from(herald_protocol::ProtocolError::BadCursor(
@@ -152,9 +163,6 @@ async fn open(
         }
     }
     let user = crate::transport::ws::sanitize_user(params.user.take())?;
-    for ch in &params.channels {
-        node.check_subscribe(ch)?;
-    }
     let slot = node.admit(Transport::Sse)?;
     let client = node.new_client_id();
     let span = tracing::Span::current();
