@@ -387,3 +387,42 @@ async fn two_nodes_over_one_broker_deliver_across() {
     a.publish("cross", json!("over")).await;
     assert_eq!(b.next_op("message").await["data"], "over");
 }
+
+#[tokio::test]
+async fn sse_sends_a_keep_alive_comment_every_heartbeat() {
+    let mut c = config();
+    c.limits.sse_heartbeat_secs = 1;
+    let edge = start(c).await;
+    let mut resp = reqwest::get(format!("{}/sse?channel=hb", http(&edge)))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    // The comment is the event awaited; WAIT bounds it.
+    while !seen.contains("\n: ping\n\n") {
+        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .expect("a keep-alive within the wait")
+            .unwrap()
+            .expect("stream open");
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn the_broker_subscription_outlives_the_last_subscriber_by_the_delay_only() {
+    let mut c = config();
+    c.limits.unsubscribe_delay_ms = 1000;
+    let edge = start(c).await;
+    let mut a = connect(&edge).await;
+    a.subscribe("ud").await;
+    let r = a
+        .request(json!({"op":"unsubscribe","channel":"ud"}), 2)
+        .await;
+    assert_eq!(r["op"], "unsubscribed");
+    assert_eq!(edge.node.hub.channel_count(), 1, "kept for the delay");
+    let node = edge.node.clone();
+    wait_until("the channel to be released", || {
+        node.hub.channel_count() == 0
+    })
+    .await;
+}
