@@ -823,6 +823,8 @@ async fn lost_pubsub_connection_resubscribes_every_channel_in_batches() {
         other => panic!("resync expected, got {other:?}"),
     }
     wait_until("b is healthy", || b.is_healthy()).await;
+    // a lost its pub/sub connection too, and refuses publishes until it is back.
+    wait_until("a is healthy", || a.is_healthy()).await;
     assert_eq!(b.reconnects(), 1);
     for i in [0, 1, CHANNELS / 2, CHANNELS - 1] {
         assert_eq!(subscribers(&redis, &format!("herald:t:many:{i}")).await, 1);
