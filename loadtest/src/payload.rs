@@ -6,6 +6,7 @@
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// What a receiver reads back out of a message's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -19,8 +20,9 @@ pub(crate) struct Stamp {
     pub(crate) s: u32,
 }
 
-/// Encodes a data object of at least `size` bytes (exactly, when `size` exceeds the header).
-pub(crate) fn encode(stamp: Stamp, size: usize) -> String {
+/// Encodes a data object of at least `size` bytes (exactly, when `size` exceeds the header),
+/// as the raw JSON that the publish encoders of `herald_protocol::client` write as it is.
+pub(crate) fn encode(stamp: Stamp, size: usize) -> Box<RawValue> {
     let head = format!(
         "{{\"seq\":{},\"t\":{},\"s\":{},\"p\":\"",
         stamp.seq, stamp.t, stamp.s
@@ -30,7 +32,7 @@ pub(crate) fn encode(stamp: Stamp, size: usize) -> String {
     out.push_str(&head);
     out.push_str(&"x".repeat(pad));
     out.push_str("\"}");
-    out
+    RawValue::from_string(out).expect("a stamp is a JSON object")
 }
 
 /// Decodes a data object (raw JSON text).
@@ -50,10 +52,10 @@ mod tests {
             s: 3,
         };
         let text = encode(stamp, 200);
-        assert_eq!(text.len(), 200);
-        assert_eq!(decode(text.as_bytes()).unwrap(), stamp);
+        assert_eq!(text.get().len(), 200);
+        assert_eq!(decode(text.get().as_bytes()).unwrap(), stamp);
         let small = encode(stamp, 1);
-        assert_eq!(decode(small.as_bytes()).unwrap(), stamp);
+        assert_eq!(decode(small.get().as_bytes()).unwrap(), stamp);
         assert!(decode(b"{\"hello\":1}").is_err());
     }
 }

@@ -48,6 +48,27 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every code, for lookups and tests.
+    pub const ALL: [CloseCode; 12] = [
+        CloseCode::Normal,
+        CloseCode::InvalidPayload,
+        CloseCode::Policy,
+        CloseCode::TooBig,
+        CloseCode::Internal,
+        CloseCode::Restart,
+        CloseCode::TryAgainLater,
+        CloseCode::HeartbeatTimeout,
+        CloseCode::SlowConsumer,
+        CloseCode::RateLimited,
+        CloseCode::Unauthorized,
+        CloseCode::BadProtocol,
+    ];
+
+    /// The code with this number, if Herald defines one.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
     /// The numeric code.
     pub fn code(self) -> u16 {
         self as u16
@@ -122,5 +143,15 @@ mod tests {
             CloseCode::Restart.label(),
             CloseCode::Restart.code().to_string()
         );
+    }
+
+    #[test]
+    fn every_code_maps_back_from_its_number() {
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            assert_eq!(c.label(), c.code().to_string());
+        }
+        assert_eq!(CloseCode::from_code(0), None);
+        assert_eq!(CloseCode::from_code(4001), None);
     }
 }

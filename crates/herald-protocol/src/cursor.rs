@@ -53,6 +53,46 @@ fn validate_epoch(epoch: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// Reads a resume point for one channel as a client may write it: `<epoch>:<offset>` (what a
+/// WebSocket client knows) or a cursor this server made. Empty text is no position.
+pub fn parse_since(channel: &str, text: &str) -> Result<Option<StreamPosition>, ProtocolError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Some((epoch, offset)) = text.split_once(':') {
+        let pos = StreamPosition {
+            epoch: epoch.to_owned(),
+            offset: offset
+                .parse()
+                .map_err(|_| ProtocolError::BadCursor("offset is not a number".into()))?,
+        };
+        pos.validate()?;
+        return Ok(Some(pos));
+    }
+    Ok(Cursor::decode(text)?.get(channel).cloned())
+}
+
+/// Reads a stream's resume point: a cursor this server made, or, for a stream of exactly one
+/// channel, `<epoch>:<offset>` (so a client can switch from WebSocket to SSE or polling).
+pub fn parse_stream_since<S: AsRef<str>>(
+    text: &str,
+    channels: &[S],
+) -> Result<Cursor, ProtocolError> {
+    match (text.split_once(':'), channels) {
+        (Some(_), [only]) => {
+            let mut cursor = Cursor::new();
+            if let Some(pos) = parse_since(only.as_ref(), text)? {
+                cursor.set(only.as_ref(), pos);
+            }
+            Ok(cursor)
+        }
+        (Some(_), _) => Err(ProtocolError::BadCursor(
+            "`epoch:offset` names a position in one channel; use a cursor for several".into(),
+        )),
+        (None, _) => Cursor::decode(text),
+    }
+}
+
 /// Positions in several channels, as carried by one opaque cursor string.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
@@ -179,6 +219,26 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_epoch_offset_or_a_cursor() {
+        let at = |e: &str, o| StreamPosition {
+            epoch: e.into(),
+            offset: o,
+        };
+        assert_eq!(parse_since("a", "").unwrap(), None);
+        assert_eq!(parse_since("a", "e1:5").unwrap(), Some(at("e1", 5)));
+        assert!(parse_since("a", "e1:x").is_err());
+        assert!(parse_since("a", "e-1:5").is_err());
+        let mut c = Cursor::new();
+        c.set("a", at("e2", 9));
+        assert_eq!(parse_since("a", &c.encode()).unwrap(), Some(at("e2", 9)));
+        assert_eq!(parse_since("b", &c.encode()).unwrap(), None);
+        let one = parse_stream_since("e1:5", &["a"]).unwrap();
+        assert_eq!(one.get("a"), Some(&at("e1", 5)));
+        assert!(parse_stream_since("e1:5", &["a", "b"]).is_err());
+        assert_eq!(parse_stream_since(&c.encode(), &["a", "b"]).unwrap(), c);
+    }
     use proptest::prelude::*;
 
     fn pos(epoch: &str, offset: u64) -> StreamPosition {

@@ -195,6 +195,180 @@ pub fn encode_message(frame: &MessageFrame<'_>) -> String {
     serde_json::to_string(frame).expect("message frame serializes")
 }
 
+/// The data of a message as text transports carry it.
+#[derive(Debug, Clone, Copy)]
+pub enum MessageData<'a> {
+    /// JSON, written exactly as the publisher wrote it.
+    Json(&'a RawValue),
+    /// Bytes, written as `{"$binary":"<base64>"}` (see [`binary_marker`]).
+    Binary(&'a [u8]),
+}
+
+/// Encodes a message frame from its parts: what every text transport writes for one
+/// publication (built once per publication per node and shared).
+pub fn encode_publication(
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    ts: u64,
+    data: MessageData<'_>,
+    from: Option<&str>,
+) -> String {
+    let marker;
+    let data: &RawValue = match data {
+        MessageData::Json(raw) => raw,
+        MessageData::Binary(bytes) => {
+            marker = RawValue::from_string(binary_marker(bytes)).expect("marker is JSON");
+            &marker
+        }
+    };
+    encode_message(&MessageFrame {
+        op: "message",
+        channel,
+        epoch,
+        offset,
+        ts,
+        data,
+        from,
+    })
+}
+
+/// Writes `text` as a JSON string (escaped) onto `out`.
+fn push_json_str(out: &mut String, text: &str) {
+    out.push_str(&serde_json::to_string(text).expect("a string serializes"));
+}
+
+/// Writes `"channel":..,"epoch":..,"offset":..` onto `out`.
+fn push_position(out: &mut String, channel: &str, position: &StreamPosition) {
+    out.push_str("\"channel\":");
+    push_json_str(out, channel);
+    out.push_str(",\"epoch\":");
+    push_json_str(out, &position.epoch);
+    out.push_str(",\"offset\":");
+    out.push_str(&position.offset.to_string());
+}
+
+fn push_messages<'m>(out: &mut String, messages: impl IntoIterator<Item = &'m str>) {
+    out.push_str("\"messages\":[");
+    for (i, m) in messages.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(m);
+    }
+    out.push(']');
+}
+
+/// A history answer. `messages` are encoded message frames (see [`encode_publication`]), which
+/// are embedded as they are.
+pub struct HistoryReply<'a, M> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The channel's current position.
+    pub position: &'a StreamPosition,
+    /// Whether everything after the reader's `since` is in `messages` (or further pages).
+    pub recovered: bool,
+    /// Encoded message frames, in offset order.
+    pub messages: M,
+}
+
+impl<'a, 'm, M: IntoIterator<Item = &'m str>> HistoryReply<'a, M> {
+    fn push_body(self, out: &mut String) {
+        push_position(out, self.channel, self.position);
+        out.push_str(",\"recovered\":");
+        out.push_str(if self.recovered { "true" } else { "false" });
+        out.push(',');
+        push_messages(out, self.messages);
+        out.push('}');
+    }
+
+    /// The WebSocket reply to a `history` request:
+    /// `{"op":"history","id":..,"channel":..,"epoch":..,"offset":..,"recovered":..,"messages":[..]}`.
+    pub fn encode_frame(self, id: Option<u64>) -> String {
+        let mut out = String::with_capacity(128);
+        out.push_str("{\"op\":\"history\",\"id\":");
+        match id {
+            Some(id) => out.push_str(&id.to_string()),
+            None => out.push_str("null"),
+        }
+        out.push(',');
+        self.push_body(&mut out);
+        out
+    }
+
+    /// The HTTP body of `GET /api/history/{channel}`: the same fields without `op` and `id`.
+    pub fn encode_body(self) -> String {
+        let mut out = String::with_capacity(128);
+        out.push('{');
+        self.push_body(&mut out);
+        out
+    }
+}
+
+/// A poll reply: `{"messages":[<message frames>],"cursor":"<cursor>","recovered":bool}`.
+pub fn encode_poll_reply<'m>(
+    messages: impl IntoIterator<Item = &'m str>,
+    cursor: &str,
+    recovered: bool,
+) -> String {
+    let mut out = String::with_capacity(128);
+    out.push('{');
+    push_messages(&mut out, messages);
+    out.push_str(",\"cursor\":");
+    push_json_str(&mut out, cursor);
+    out.push_str(",\"recovered\":");
+    out.push_str(if recovered { "true" } else { "false" });
+    out.push('}');
+    out
+}
+
+/// The HTTP answer to a publish (`POST /publish`, `/api/publish`):
+/// `{"channel":..,"epoch":..,"offset":..}`.
+pub fn encode_published(channel: &str, position: &StreamPosition) -> String {
+    let mut out = String::with_capacity(64);
+    out.push('{');
+    push_position(&mut out, channel, position);
+    out.push('}');
+    out
+}
+
+/// The HTTP answer to a broadcast to listed channels: `{"results":[<published>…]}`.
+pub fn encode_broadcast_results<'c>(
+    results: impl IntoIterator<Item = (&'c str, &'c StreamPosition)>,
+) -> String {
+    let mut out = String::from("{\"results\":[");
+    for (i, (channel, position)) in results.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&encode_published(channel, position));
+    }
+    out.push_str("]}");
+    out
+}
+
+/// The HTTP answer to a broadcast to every connection.
+pub const BROADCAST_ALL_REPLY: &str = r#"{"broadcast":"all"}"#;
+
+/// The HTTP error body: `{"error":{"code":..,"name":..,"message":..}}`.
+pub fn encode_error_body(code: ErrorCode, message: &str) -> String {
+    serde_json::json!({"error": {"code": code.code(), "name": code.name(), "message": message}})
+        .to_string()
+}
+
+/// The HTTP answer to `GET /api/presence/{channel}`: `{"channel":..,"clients":[..]}`.
+pub fn encode_presence_body(channel: &str, clients: &[PresenceEntry]) -> String {
+    serde_json::json!({"channel": channel, "clients": clients}).to_string()
+}
+
+/// `GET /healthz`.
+pub const HEALTHY_REPLY: &str = r#"{"status":"ok"}"#;
+
+/// `GET /readyz`: `{"ready":..,"draining":..,"broker":..}`.
+pub fn encode_readiness(ready: bool, draining: bool, broker: bool) -> String {
+    serde_json::json!({"ready": ready, "draining": draining, "broker": broker}).to_string()
+}
+
 /// A JSON payload standing for binary data on text transports: `{"$binary":"<base64>"}`.
 pub fn binary_marker(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -399,6 +573,49 @@ mod tests {
             r#"{"op":"message","channel":"c","epoch":"e","offset":3,"ts":9,"data":{"a": 1},"from":"cl"}"#
         );
         assert_eq!(binary_marker(&[0, 255]), r#"{"$binary":"AP8="}"#);
+        assert_eq!(
+            encode_publication("c", "e", 3, 9, MessageData::Binary(&[0, 255]), None),
+            r#"{"op":"message","channel":"c","epoch":"e","offset":3,"ts":9,"data":{"$binary":"AP8="}}"#
+        );
+    }
+
+    #[test]
+    fn replies_embed_frames_and_escape_names() {
+        let pos = StreamPosition {
+            epoch: "e\"x".into(),
+            offset: 7,
+        };
+        let m = r#"{"op":"message","channel":"c","epoch":"e","offset":7,"ts":1,"data":1}"#;
+        let reply = HistoryReply {
+            channel: "c",
+            position: &pos,
+            recovered: true,
+            messages: [m],
+        };
+        let v: serde_json::Value = serde_json::from_str(&reply.encode_frame(Some(4))).unwrap();
+        assert_eq!(v["op"], "history");
+        assert_eq!(v["id"], 4);
+        assert_eq!(v["epoch"], "e\"x");
+        assert_eq!(v["messages"][0]["offset"], 7);
+        let none = HistoryReply {
+            channel: "c",
+            position: &pos,
+            recovered: false,
+            messages: std::iter::empty(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&none.encode_body()).unwrap();
+        assert!(v.get("op").is_none() && v.get("id").is_none());
+        assert_eq!(v["recovered"], false);
+        let v: serde_json::Value =
+            serde_json::from_str(&encode_poll_reply([m, m], "cur\"sor", true)).unwrap();
+        assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(v["cursor"], "cur\"sor");
+        let v: serde_json::Value =
+            serde_json::from_str(&encode_broadcast_results([("a", &pos), ("b", &pos)])).unwrap();
+        assert_eq!(v["results"][1]["channel"], "b");
+        let v: serde_json::Value =
+            serde_json::from_str(&encode_error_body(ErrorCode::BadCursor, "x")).unwrap();
+        assert_eq!(v["error"]["code"], ErrorCode::BadCursor.code());
     }
 
     proptest! {

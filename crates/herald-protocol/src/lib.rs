@@ -9,6 +9,8 @@
 //! * [`frame`] — client requests parsed from JSON text ([`ClientFrame`]) and the builders of
 //!   every server frame; message frames are built once per publication and shared;
 //! * [`binary`] — the binary WebSocket frame layout for binary publish and delivery;
+//! * [`sse`] — Server-Sent Events: event names and their data;
+//! * [`client`] — the client side: request encoders and typed server frames;
 //! * [`close`] — WebSocket close codes; [`error`] — error codes carried by error frames.
 //!
 //! Parsing never panics on any input: every malformed input becomes a [`ProtocolError`] with a
@@ -16,10 +18,12 @@
 
 pub mod binary;
 pub mod channel;
+pub mod client;
 pub mod close;
 pub mod cursor;
 pub mod error;
 pub mod frame;
+pub mod sse;
 
 pub use channel::{namespace_of, validate_channel, MAX_CHANNEL_LEN};
 pub use close::CloseCode;

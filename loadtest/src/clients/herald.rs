@@ -1,11 +1,17 @@
-//! Herald's client side of the wire contract (ARCHITECTURE.md): WebSocket `/ws` with JSON
-//! `op` frames, SSE `/sse?channel=..`, and long-poll `/poll?channel=..&cursor=..`.
+//! Herald's client side (ARCHITECTURE.md): WebSocket `/ws` with JSON `op` frames, SSE
+//! `/sse?channel=..`, and long-poll `/poll?channel=..&cursor=..`.
+//!
+//! Every frame sent is built, and every frame read is parsed, by `herald_protocol::client`,
+//! so the loadtest speaks exactly the contract the edge parses and writes. Parsing borrows
+//! from the received text: reading a message allocates nothing.
 
 use std::collections::VecDeque;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use herald_protocol::client::{self, PollReply, ServerFrame};
+use herald_protocol::{ErrorCode, StreamPosition};
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -13,41 +19,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::http::{BoxFut, Pending};
 use super::sse::SseStream;
-use super::{ws_config, Delivery, Position, SubscribeSpec};
+use super::{ws_config, Delivery, SubscribeSpec};
 use crate::clock::now_us;
 use crate::errors::Failure;
 use crate::net::connect_tcp;
 use crate::payload;
-
-/// A server frame, parsed without copying the data.
-#[derive(Debug, Deserialize)]
-struct Frame<'a> {
-    op: &'a str,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    channel: Option<&'a str>,
-    #[serde(default)]
-    offset: Option<u64>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    epoch: Option<&'a RawValue>,
-    #[serde(default)]
-    recovered: Option<bool>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-/// A message as SSE and long-poll carry it.
-#[derive(Debug, Deserialize)]
-struct Envelope<'a> {
-    channel: &'a str,
-    #[serde(default)]
-    offset: Option<u64>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
 
 /// What a subscribe reply said.
 #[derive(Debug, Clone)]
@@ -63,7 +39,7 @@ pub(crate) struct WsSession {
     /// Which channels, and where each one stands (updated by every message).
     spec: SubscribeSpec,
     /// Last known position per channel, parallel to `spec.channels`.
-    positions: Vec<Option<Position>>,
+    positions: Vec<Option<StreamPosition>>,
     /// Subscribe replies, parallel to `spec.channels`.
     subscribed: Vec<Option<Subscribed>>,
     /// Messages that arrived while subscribing.
@@ -98,19 +74,20 @@ impl WsSession {
         };
         s.positions.resize(n, None);
         let first = s.read_text().await?;
-        let frame: Frame<'_> = serde_json::from_str(&first).context("welcome frame")?;
-        if frame.op != "welcome" {
-            bail!(Failure::Protocol(format!("first frame is {:?}", frame.op)));
+        let frame = ServerFrame::parse(&first).context("welcome frame")?;
+        if !matches!(frame, ServerFrame::Welcome { .. }) {
+            bail!(Failure::Protocol(format!(
+                "first frame is {:?}",
+                frame.op()
+            )));
         }
         for k in 0..n {
-            let name = &s.spec.channels[k].1;
-            let mut req = serde_json::json!({"op":"subscribe","channel":name,"id":(k as u64) + 1});
-            if let Some(pos) = &s.positions[k] {
-                let epoch: serde_json::Value =
-                    serde_json::from_str(&pos.epoch).context("stored epoch")?;
-                req["since"] = serde_json::json!({"epoch": epoch, "offset": pos.offset});
-            }
-            s.ws.send(Message::text(req.to_string())).await?;
+            let req = client::encode_subscribe(
+                Some(k as u64 + 1),
+                &s.spec.channels[k].1,
+                s.positions[k].as_ref(),
+            );
+            s.ws.send(Message::text(req)).await?;
         }
         s.next_id = n as u64 + 1;
         while s.subscribed.iter().any(Option::is_none) {
@@ -140,50 +117,59 @@ impl WsSession {
     /// Applies one frame: messages go to `out`, replies update the session.
     fn handle(&mut self, text: &str, out: &mut Vec<Delivery>) -> Result<()> {
         let recv_us = now_us();
-        let f: Frame<'_> =
-            serde_json::from_str(text).map_err(|e| Failure::Protocol(format!("bad frame: {e}")))?;
-        match f.op {
-            "message" => {
-                let (Some(name), Some(data)) = (f.channel, f.data) else {
-                    bail!(Failure::Protocol("message without channel or data".into()));
-                };
-                let Some(k) = self.spec.channels.iter().position(|(_, n)| n == name) else {
+        let frame = match ServerFrame::parse(text) {
+            Ok(frame) => frame,
+            // An op this client does not know (one the server added) is skipped.
+            Err(e) if e.code() == ErrorCode::UnknownOp => return Ok(()),
+            Err(e) => bail!(Failure::Protocol(format!("bad frame: {e}"))),
+        };
+        match frame {
+            ServerFrame::Message(m) => {
+                let Some(k) = self
+                    .spec
+                    .channels
+                    .iter()
+                    .position(|(_, n)| *n == *m.channel)
+                else {
                     return Ok(());
                 };
-                if let (Some(off), Some(pos)) = (f.offset, self.positions[k].as_mut()) {
-                    pos.offset = off;
+                if let Some(pos) = self.positions[k].as_mut() {
+                    pos.offset = m.offset;
                 }
-                let stamp = payload::decode(data.get().as_bytes())?;
+                let stamp = payload::decode(m.data.get().as_bytes())?;
                 out.push(Delivery {
                     channel: self.spec.channels[k].0,
                     stamp,
                     recv_us,
                 });
             }
-            "subscribed" => {
-                let k = f.id.and_then(|id| id.checked_sub(1)).unwrap_or(u64::MAX) as usize;
+            ServerFrame::Subscribed {
+                id,
+                epoch,
+                offset,
+                recovered,
+                ..
+            } => {
+                let k = id.and_then(|id| id.checked_sub(1)).unwrap_or(u64::MAX) as usize;
                 if k >= self.subscribed.len() {
-                    bail!(Failure::Protocol(format!("subscribed with id {:?}", f.id)));
+                    bail!(Failure::Protocol(format!("subscribed with id {id:?}")));
                 }
-                self.subscribed[k] = Some(Subscribed {
-                    recovered: f.recovered.unwrap_or(true),
-                });
-                let epoch = f.epoch.map(|e| e.get().to_owned()).unwrap_or_default();
-                let offset = f.offset.unwrap_or(0);
+                self.subscribed[k] = Some(Subscribed { recovered });
                 // Resuming: keep our own offset (recovered messages follow this reply);
                 // fresh or not recovered: start from the server's position.
-                let keep = f.recovered == Some(true)
-                    && self.positions[k].as_ref().is_some_and(|p| p.epoch == epoch);
+                let keep =
+                    recovered && self.positions[k].as_ref().is_some_and(|p| p.epoch == epoch);
                 if !keep {
-                    self.positions[k] = Some(Position { epoch, offset });
+                    self.positions[k] = Some(StreamPosition {
+                        epoch: epoch.into_owned(),
+                        offset,
+                    });
                 }
             }
-            "ack" => self.acked += 1,
-            "error" => {
-                if f.id
-                    .is_some_and(|id| id as usize <= self.spec.channels.len())
-                {
-                    bail!(Failure::Rejected(f.message.unwrap_or_default()));
+            ServerFrame::Ack { .. } => self.acked += 1,
+            ServerFrame::Error { id, message, .. } => {
+                if id.is_some_and(|id| id as usize <= self.spec.channels.len()) {
+                    bail!(Failure::Rejected(message.into_owned()));
                 }
                 self.rejected += 1;
             }
@@ -207,11 +193,10 @@ impl WsSession {
     }
 
     /// Sends a publish request (its ack is counted when read by [`WsSession::next`]).
-    pub(crate) async fn publish(&mut self, channel: &str, data: String) -> Result<()> {
+    pub(crate) async fn publish(&mut self, channel: &str, data: Box<RawValue>) -> Result<()> {
         let id = self.next_id;
         self.next_id += 1;
-        let name = serde_json::to_string(channel)?;
-        let frame = format!(r#"{{"op":"publish","channel":{name},"data":{data},"id":{id}}}"#);
+        let frame = client::encode_publish(Some(id), channel, &data, false);
         self.ws.send(Message::text(frame)).await?;
         Ok(())
     }
@@ -222,7 +207,7 @@ impl WsSession {
     }
 
     /// The last known position per channel (to resume from after a reconnect).
-    pub(crate) fn positions(&self) -> &[Option<Position>] {
+    pub(crate) fn positions(&self) -> &[Option<StreamPosition>] {
         &self.positions
     }
 
@@ -237,15 +222,16 @@ impl WsSession {
     }
 }
 
-/// Parses one SSE or long-poll message envelope into a delivery.
-fn envelope(spec: &SubscribeSpec, text: &str, recv_us: u64) -> Result<Option<Delivery>> {
-    let env: Envelope<'_> = serde_json::from_str(text)
-        .map_err(|e| Failure::Protocol(format!("bad message envelope: {e}")))?;
-    let _ = env.offset;
-    let Some(channel) = spec.channel_index(env.channel) else {
+/// The delivery of one SSE or long-poll message (None for a channel not subscribed).
+fn delivery(
+    spec: &SubscribeSpec,
+    message: &client::Message<'_>,
+    recv_us: u64,
+) -> Result<Option<Delivery>> {
+    let Some(channel) = spec.channel_index(&message.channel) else {
         return Ok(None);
     };
-    let stamp = payload::decode(env.data.get().as_bytes())?;
+    let stamp = payload::decode(message.data.get().as_bytes())?;
     Ok(Some(Delivery {
         channel,
         stamp,
@@ -312,19 +298,15 @@ impl SseSession {
             if ev.event.is_some() {
                 continue;
             }
-            if let Some(d) = envelope(&self.spec, &ev.data, now_us())? {
+            let recv_us = now_us();
+            let message = client::Message::parse(&ev.data)
+                .map_err(|e| Failure::Protocol(format!("bad message envelope: {e}")))?;
+            if let Some(d) = delivery(&self.spec, &message, recv_us)? {
                 out.push(d);
                 return Ok(());
             }
         }
     }
-}
-
-/// A long-poll reply.
-#[derive(Debug, Deserialize)]
-struct PollReply {
-    messages: Vec<Box<RawValue>>,
-    cursor: String,
 }
 
 /// A Herald long-poll reader.
@@ -335,8 +317,8 @@ pub(crate) struct PollSession {
     http: reqwest::Client,
     /// Where the next poll resumes.
     cursor: String,
-    /// The poll in flight.
-    pending: Pending<PollReply>,
+    /// The poll in flight; its answer is the reply body, parsed by [`parse_poll`].
+    pending: Pending<Bytes>,
 }
 
 impl PollSession {
@@ -346,11 +328,12 @@ impl PollSession {
         let url = spec
             .endpoint
             .http_url(&format!("/poll?{}&timeout=0", channel_query(&spec)));
-        let reply = poll(http.clone(), url).await?;
+        let body = poll(http.clone(), url).await?;
+        let cursor = parse_poll(&body)?.cursor.into_owned();
         Ok(Self {
             spec,
             http: http.clone(),
-            cursor: reply.cursor,
+            cursor,
             pending: Pending::default(),
         })
     }
@@ -364,12 +347,14 @@ impl PollSession {
                 urlencode(&self.cursor)
             ));
             let http = self.http.clone();
-            let reply = self.pending.run(|| Box::pin(poll(http, url))).await?;
+            let body = self.pending.run(|| poll(http, url)).await?;
+            let reply = parse_poll(&body)?;
             let recv_us = now_us();
-            self.cursor = reply.cursor;
+            self.cursor.clear();
+            self.cursor.push_str(&reply.cursor);
             let before = out.len();
             for m in &reply.messages {
-                if let Some(d) = envelope(&self.spec, m.get(), recv_us)? {
+                if let Some(d) = delivery(&self.spec, m, recv_us)? {
                     out.push(d);
                 }
             }
@@ -380,11 +365,15 @@ impl PollSession {
     }
 }
 
-fn poll(http: reqwest::Client, url: String) -> BoxFut<PollReply> {
+/// One poll: the reply body of a 2xx answer.
+fn poll(http: reqwest::Client, url: String) -> BoxFut<Bytes> {
     Box::pin(async move {
         let resp = http.get(url).send().await?.error_for_status()?;
-        let bytes = resp.bytes().await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::Protocol(format!("bad poll reply: {e}")).into())
+        Ok(resp.bytes().await?)
     })
+}
+
+/// Reads a poll reply body (borrowed from it).
+fn parse_poll(body: &[u8]) -> Result<PollReply<'_>> {
+    PollReply::parse(body).map_err(|e| Failure::Protocol(format!("bad poll reply: {e}")).into())
 }

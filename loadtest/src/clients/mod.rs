@@ -14,6 +14,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use herald_protocol::StreamPosition;
+use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::cli::{Target, Transport};
@@ -31,15 +33,6 @@ pub(crate) struct Delivery {
     pub(crate) recv_us: u64,
 }
 
-/// Where a subscriber resumes one channel from (Herald: epoch + offset).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Position {
-    /// The channel's epoch as raw JSON (string or number, sent back verbatim).
-    pub(crate) epoch: String,
-    /// The last offset seen.
-    pub(crate) offset: u64,
-}
-
 /// What a subscriber connects to and subscribes.
 #[derive(Debug, Clone)]
 pub(crate) struct SubscribeSpec {
@@ -50,7 +43,7 @@ pub(crate) struct SubscribeSpec {
     /// Channels as (index, name).
     pub(crate) channels: Vec<(usize, String)>,
     /// Positions to resume from, parallel to `channels` (Herald WebSocket only).
-    pub(crate) since: Vec<Option<Position>>,
+    pub(crate) since: Vec<Option<StreamPosition>>,
     /// nchan WebSocket: use the pub/sub location `/ps/<channel>` (to publish over the
     /// socket) instead of `/sub/<channel>`.
     pub(crate) pubsub: bool,
@@ -141,10 +134,10 @@ impl Subscriber {
 
     /// Publishes over this connection (WebSocket only; Herald with an `id` whose ack is
     /// counted by [`Subscriber::next`]).
-    pub(crate) async fn publish(&mut self, channel: &str, data: String) -> Result<()> {
+    pub(crate) async fn publish(&mut self, channel: &str, data: Box<RawValue>) -> Result<()> {
         match self {
             Subscriber::HeraldWs(s) => s.publish(channel, data).await,
-            Subscriber::NchanWs(s) => s.publish(data).await,
+            Subscriber::NchanWs(s) => s.publish(Box::<str>::from(data).into_string()).await,
             _ => bail!("only WebSocket connections publish over their own socket"),
         }
     }

@@ -1,6 +1,8 @@
 //! Publishing over HTTP: Herald's `POST /api/publish` and nchan's `POST /pub/<channel>`.
 
 use anyhow::{Context, Result};
+use herald_protocol::client::PublishBody;
+use serde_json::value::RawValue;
 
 use super::herald::urlencode;
 use crate::cli::Target;
@@ -30,15 +32,13 @@ impl HttpPublisher {
 
     /// Publishes one message whose data is the JSON text `data`; Ok once the server
     /// accepted it.
-    pub(crate) async fn publish(&self, channel: &str, data: String) -> Result<()> {
+    pub(crate) async fn publish(&self, channel: &str, data: Box<RawValue>) -> Result<()> {
         let req = match self.target {
-            Target::Herald => {
-                let name = serde_json::to_string(channel)?;
-                self.http
-                    .post(self.endpoint.http_url("/api/publish"))
-                    .header("Content-Type", "application/json")
-                    .body(format!(r#"{{"channel":{name},"data":{data}}}"#))
-            }
+            Target::Herald => self
+                .http
+                .post(self.endpoint.http_url("/api/publish"))
+                .header("Content-Type", "application/json")
+                .body(PublishBody::new(channel, &data).encode()),
             Target::Nchan => self
                 .http
                 .post(
@@ -46,7 +46,7 @@ impl HttpPublisher {
                         .http_url(&format!("/pub/{}", urlencode(channel))),
                 )
                 .header("Content-Type", "application/json")
-                .body(data),
+                .body(Box::<str>::from(data).into_string()),
         };
         let resp = req.send().await.context("publish request")?;
         let status = resp.status();

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::receiver::{Finals, StreamFinal};
@@ -37,7 +38,7 @@ pub(crate) async fn publish_schedule(
     // the schedule wait, and the wait is measured because stamps carry the due time.
     let (queues, workers): (Vec<_>, Vec<_>) = (0..channels)
         .map(|ch| {
-            let (tx, rx) = mpsc::channel::<(u64, String)>(ctx.args.max_inflight.max(1));
+            let (tx, rx) = mpsc::channel::<(u64, Box<RawValue>)>(ctx.args.max_inflight.max(1));
             let worker = tokio::spawn(channel_worker(
                 ctx.clone(),
                 publisher.clone(),
@@ -94,7 +95,7 @@ async fn channel_worker(
     ctx: Arc<RunContext>,
     publisher: HttpPublisher,
     name: String,
-    mut queue: mpsc::Receiver<(u64, String)>,
+    mut queue: mpsc::Receiver<(u64, Box<RawValue>)>,
 ) -> BTreeSet<u64> {
     let mut failed = BTreeSet::new();
     while let Some((seq, data)) = queue.recv().await {
