@@ -6,6 +6,11 @@
 //! through [`BrokerEvents`] (given once, with [`Broker::attach`]) for every publication, join,
 //! leave and broadcast on a channel the edge subscribed to.
 //!
+//! Ownership runs one way: the edge owns the broker (an `Arc<dyn Broker>`), and the broker
+//! holds only a [`Weak`] to the edge's event sink. It upgrades that `Weak` for each event it
+//! delivers and silently drops the event once the upgrade fails (the edge is gone), so an edge
+//! and its broker never keep each other alive.
+//!
 //! Two implementations sit beside the trait:
 //!
 //! * [`memory::MemoryBroker`] — the embedded default: one process, no Redis. Offsets, history
@@ -17,9 +22,10 @@
 //! Guarantees every implementation keeps: offsets in a channel grow by exactly one per publish;
 //! events for one channel reach [`BrokerEvents::on_event`] in offset order; a publish returns
 //! `Ok` only once the broker holds the message; history answers `recovered: false` whenever it
-//! cannot prove it holds everything after the reader's position.
+//! cannot prove it holds everything after the reader's position. One suite of tests checks
+//! these against both implementations (`tests/conformance/`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -79,29 +85,6 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// The JSON message frame written on every text transport (binary payloads appear as
-    /// `{"$binary":"<base64>"}`). Callers cache it: it is built once per publication per node.
-    pub fn json_frame(&self) -> String {
-        let marker;
-        let data: &RawValue = match &self.payload {
-            Payload::Json(raw) => raw,
-            Payload::Binary(bytes) => {
-                marker = RawValue::from_string(herald_protocol::frame::binary_marker(bytes))
-                    .expect("binary marker is valid JSON");
-                &marker
-            }
-        };
-        herald_protocol::frame::encode_message(&herald_protocol::frame::MessageFrame {
-            op: "message",
-            channel: &self.channel,
-            epoch: &self.epoch,
-            offset: self.offset,
-            ts: self.ts_ms,
-            data,
-            from: self.from.as_deref(),
-        })
-    }
-
     /// The position just after this publication.
     pub fn position(&self) -> StreamPosition {
         StreamPosition {
@@ -215,7 +198,13 @@ pub trait BrokerEvents: Send + Sync + 'static {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Sets the receiver of events. Called once, before any subscribe.
-    fn attach(&self, events: Arc<dyn BrokerEvents>);
+    ///
+    /// The broker never owns its event sink: it keeps only this `Weak`, upgrades it for each
+    /// event (or batch of events) it delivers, and drops events silently once the upgrade
+    /// fails, because the edge that owned the sink is gone. The caller keeps the sink alive
+    /// (`broker.attach(Arc::downgrade(&hub) as Weak<dyn BrokerEvents>)`), so a sink that owns
+    /// the broker forms no reference cycle.
+    fn attach(&self, events: Weak<dyn BrokerEvents>);
 
     /// Publishes; returns the new position once the broker holds the message.
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, BrokerError>;
@@ -223,10 +212,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a payload to every connection of the cluster.
     async fn broadcast(&self, payload: Payload) -> Result<(), BrokerError>;
 
-    /// Starts receiving `channel` (this node has a local subscriber).
+    /// Starts receiving `channel` (this node has a local subscriber): its publications, joins
+    /// and leaves reach the sink from now on. Calls are counted.
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
 
-    /// Stops receiving `channel` (no local subscriber is left).
+    /// Stops receiving `channel` once every `subscribe` of it has been matched by an
+    /// `unsubscribe` (no local subscriber is left); an unmatched call is harmless.
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
 
     /// Reads history (see [`HistoryQuery`] and [`HistoryPage`]).

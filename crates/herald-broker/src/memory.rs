@@ -6,19 +6,32 @@
 //! reach the edge in offset order. The edge's handler only does `try_send`s, so the lock is held
 //! for the length of one fan-out, never across an await.
 //!
-//! History per channel is bounded by the namespace's size and TTL. A sweeper task (every
-//! `sweep_interval`) drops expired messages and forgets channels that have no history and no
-//! subscriber; a forgotten channel starts again at a new epoch, so an old cursor gets
-//! `recovered: false` rather than a silent gap.
+//! Only channels with a local subscription (`subscribe` minus `unsubscribe` above zero) have
+//! their publications, joins and leaves delivered; broadcasts go to every attached sink.
+//! Several edges may attach to one memory broker (a cluster in one process, for tests): each
+//! sink then gets the events of every channel any of them subscribed to.
+//!
+//! The broker holds its sinks as [`Weak`]s (see [`Broker::attach`]): each delivery upgrades
+//! them, and an event for a sink that is gone is dropped.
+//!
+//! History per channel is bounded by the namespace's size and TTL. Time is read from tokio's
+//! clock ([`tokio::time::Instant`]), so a test that pauses time ages history with
+//! `tokio::time::advance`. A sweeper task ([`MemoryBroker::spawn_sweeper`]) drops expired
+//! messages and forgets channels that have no history and no subscriber; a forgotten channel
+//! starts again at a new epoch, so an old cursor gets `recovered: false` rather than a silent
+//! gap. The sweeper holds only a `Weak` to the broker and stops when the broker is dropped or
+//! [`Broker::shutdown`] is called.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_protocol::frame::PresenceEntry;
 use herald_protocol::StreamPosition;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     new_epoch, now_ms, Broker, BrokerError, BrokerEvent, BrokerEvents, HistoryOptions, HistoryPage,
@@ -80,8 +93,13 @@ pub struct MemoryBroker {
     /// Registry entries by node id, written by `heartbeat_node` (several nodes may share one
     /// memory broker in tests).
     nodes: Mutex<HashMap<String, NodeInfo>>,
-    /// The attached edges' event handlers; each gets every event (in-process "cluster").
-    events: RwLock<Vec<Arc<dyn BrokerEvents>>>,
+    /// The attached edges' event sinks, never owned: `attach` adds one, every delivery
+    /// upgrades them and skips the ones whose edge is gone (pruned on the next `attach`).
+    /// Each live sink gets every event (an in-process "cluster").
+    events: RwLock<Vec<Weak<dyn BrokerEvents>>>,
+    /// Stops the sweeper: cancelled by [`Broker::shutdown`], watched by the task
+    /// [`MemoryBroker::spawn_sweeper`] started. Nothing else listens to it.
+    cancel: CancellationToken,
 }
 
 impl Default for MemoryBroker {
@@ -99,6 +117,7 @@ impl MemoryBroker {
             presence: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             events: RwLock::new(Vec::new()),
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -116,15 +135,32 @@ impl MemoryBroker {
         state
     }
 
+    /// Delivers `event` to every sink still alive; events for sinks that are gone are dropped.
     fn emit(&self, event: BrokerEvent) {
-        let handlers = self.events.read().expect("events lock");
-        if let [only] = handlers.as_slice() {
-            only.on_event(event);
-        } else {
-            for h in handlers.iter() {
-                h.on_event(event.clone());
+        let sinks = self.events.read().expect("events lock");
+        match sinks.as_slice() {
+            [only] => {
+                if let Some(sink) = only.upgrade() {
+                    sink.on_event(event);
+                }
+            }
+            all => {
+                for sink in all.iter().filter_map(Weak::upgrade) {
+                    sink.on_event(event.clone());
+                }
             }
         }
+    }
+
+    /// Whether `channel` has a local subscription (its joins and leaves are delivered).
+    fn is_subscribed(&self, channel: &str) -> bool {
+        let state = self
+            .shard(channel)
+            .lock()
+            .expect("shard lock")
+            .get(channel)
+            .cloned();
+        state.is_some_and(|state| state.lock().expect("channel lock").subscribed > 0)
     }
 
     /// Drops expired history and forgets idle, empty, unsubscribed channels. Returns how many
@@ -148,15 +184,15 @@ impl MemoryBroker {
         forgotten
     }
 
-    /// Runs [`MemoryBroker::sweep`] every `interval` until `cancel` fires.
-    pub fn spawn_sweeper(
-        self: &Arc<Self>,
-        interval: Duration,
-        cancel: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Runs [`MemoryBroker::sweep`] every `interval` (the first sweep one `interval` from now)
+    /// until the broker is dropped or [`Broker::shutdown`] is called. The task holds only a
+    /// `Weak` to the broker, so it never keeps it alive; the handle finishes when it stops.
+    pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let broker = Arc::downgrade(self);
+        let cancel = self.cancel.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -183,8 +219,10 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    fn attach(&self, events: Arc<dyn BrokerEvents>) {
-        self.events.write().expect("events lock").push(events);
+    fn attach(&self, events: Weak<dyn BrokerEvents>) {
+        let mut sinks = self.events.write().expect("events lock");
+        sinks.retain(|sink| sink.strong_count() > 0);
+        sinks.push(events);
     }
 
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, BrokerError> {
@@ -214,7 +252,9 @@ impl Broker for MemoryBroker {
         st.expire(now);
         let position = st.position();
         // Under the channel lock: events of one channel leave in offset order.
-        self.emit(BrokerEvent::Publication(publication));
+        if st.subscribed > 0 {
+            self.emit(BrokerEvent::Publication(publication));
+        }
         drop(st);
         Ok(position)
     }
@@ -301,7 +341,7 @@ impl Broker for MemoryBroker {
                 .insert(entry.client.clone(), entry.clone())
                 .is_none()
         };
-        if added && announce {
+        if added && announce && self.is_subscribed(&channel) {
             self.emit(BrokerEvent::Join { channel, entry });
         }
         Ok(())
@@ -327,7 +367,7 @@ impl Broker for MemoryBroker {
             };
             removed
         };
-        if removed && announce {
+        if removed && announce && self.is_subscribed(channel) {
             self.emit(BrokerEvent::Leave {
                 channel: Arc::from(channel),
                 entry,
@@ -370,173 +410,89 @@ impl Broker for MemoryBroker {
         true
     }
 
-    async fn shutdown(&self) {}
+    async fn shutdown(&self) {
+        self.cancel.cancel();
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    //! What only the memory broker has: sweeping and its sweeper. The `Broker` contract itself
+    //! is checked by the conformance suite (`tests/conformance_memory.rs`).
+
     use super::*;
     use serde_json::value::RawValue;
 
-    struct Collect(Mutex<Vec<BrokerEvent>>);
-    impl BrokerEvents for Collect {
-        fn on_event(&self, event: BrokerEvent) {
-            self.0.lock().unwrap().push(event);
-        }
+    fn opts(ttl: Duration) -> HistoryOptions {
+        HistoryOptions { size: 10, ttl }
     }
 
-    fn opts(size: usize) -> HistoryOptions {
-        HistoryOptions {
-            size,
-            ttl: Duration::from_secs(60),
-        }
-    }
-
-    fn req(channel: &str, n: u32, size: usize) -> PublishRequest {
+    fn req(channel: &str, ttl: Duration) -> PublishRequest {
         PublishRequest {
             channel: channel.into(),
-            payload: Payload::Json(RawValue::from_string(n.to_string()).unwrap()),
+            payload: Payload::Json(RawValue::from_string("1".into()).unwrap()),
             from: None,
             skip_self: false,
-            history: opts(size),
+            history: opts(ttl),
         }
     }
 
-    #[tokio::test]
-    async fn offsets_grow_by_one_and_events_follow_offset_order() {
-        let b = MemoryBroker::new();
-        let seen = Arc::new(Collect(Mutex::new(Vec::new())));
-        b.attach(seen.clone());
-        for i in 1..=5u64 {
-            let p = b.publish(req("c", i as u32, 10)).await.unwrap();
-            assert_eq!(p.offset, i);
-        }
-        let offsets: Vec<u64> = seen
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| match e {
-                BrokerEvent::Publication(p) => p.offset,
-                _ => 0,
-            })
-            .collect();
-        assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
-    }
-
-    #[tokio::test]
-    async fn history_recovers_within_window_and_refuses_outside() {
-        let b = MemoryBroker::new();
-        let mut epoch = String::new();
-        for i in 1..=10 {
-            epoch = b.publish(req("c", i, 4)).await.unwrap().epoch;
-        }
-        let since = |offset| HistoryQuery {
-            since: Some(StreamPosition {
-                epoch: epoch.clone(),
-                offset,
-            }),
-            limit: 100,
-        };
-        // Kept: 7..=10. After 6 is fully covered.
-        let page = b.history("c", since(6), opts(4)).await.unwrap();
-        assert!(page.recovered);
-        let got: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
-        assert_eq!(got, vec![7, 8, 9, 10]);
-        // After 5: message 6 is gone.
-        let page = b.history("c", since(5), opts(4)).await.unwrap();
-        assert!(!page.recovered && page.publications.is_empty());
-        assert_eq!(page.position.offset, 10);
-        // At the top: nothing missed.
-        assert!(b.history("c", since(10), opts(4)).await.unwrap().recovered);
-        // Ahead of the top, or another epoch: not recovered.
-        assert!(!b.history("c", since(11), opts(4)).await.unwrap().recovered);
-        let foreign = HistoryQuery {
-            since: Some(StreamPosition {
-                epoch: "other".into(),
-                offset: 9,
-            }),
-            limit: 10,
-        };
-        assert!(!b.history("c", foreign, opts(4)).await.unwrap().recovered);
-        // No since: newest `limit`.
-        let page = b
-            .history(
-                "c",
-                HistoryQuery {
-                    since: None,
-                    limit: 2,
-                },
-                opts(4),
-            )
-            .await
-            .unwrap();
-        let got: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
-        assert_eq!(got, vec![9, 10]);
-    }
-
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn sweep_forgets_idle_channels_with_a_new_epoch_after() {
         let b = MemoryBroker::new();
-        let first = b
-            .publish(PublishRequest {
-                history: HistoryOptions {
-                    size: 10,
-                    ttl: Duration::from_millis(1),
-                },
-                ..req("c", 1, 10)
-            })
-            .await
-            .unwrap();
-        // Age the message past its 1 ms TTL by moving its timestamp, not by sleeping.
-        {
-            let st = b.channel("c");
-            let mut st = st.lock().unwrap();
-            for (at, _) in st.history.iter_mut() {
-                *at -= Duration::from_millis(5);
-            }
-        }
-        // Used under a second ago: kept, but its expired history is dropped.
+        let first = b.publish(req("c", Duration::from_millis(1))).await.unwrap();
+        b.subscribe("busy").await.unwrap();
+        // Past the 1 ms TTL but used under a second ago: kept, its expired history dropped.
+        tokio::time::advance(Duration::from_millis(5)).await;
         assert_eq!(b.sweep(), 0);
         assert!(b.channel("c").lock().unwrap().history.is_empty());
-        {
-            let st = b.channel("c");
-            let mut st = st.lock().unwrap();
-            st.last_used = Instant::now() - Duration::from_secs(2);
-        }
+        // Idle for over a second: forgotten, unless something is subscribed to it.
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(b.sweep(), 1);
-        let again = b.publish(req("c", 2, 10)).await.unwrap();
+        assert_eq!(b.channel_count(), 1, "the subscribed channel stays");
+        let again = b.publish(req("c", Duration::from_secs(60))).await.unwrap();
         assert_ne!(again.epoch, first.epoch);
         assert_eq!(again.offset, 1);
     }
 
-    #[tokio::test]
-    async fn presence_announces_join_and_leave_once() {
-        let b = MemoryBroker::new();
-        let seen = Arc::new(Collect(Mutex::new(Vec::new())));
-        b.attach(seen.clone());
-        let e = PresenceEntry {
-            client: "c1".into(),
-            user: "u".into(),
-            node: "n".into(),
-        };
-        b.presence_add("room", e.clone(), true).await.unwrap();
-        b.presence_add("room", e.clone(), true).await.unwrap();
-        assert_eq!(b.presence("room").await.unwrap(), vec![e.clone()]);
-        b.presence_remove("room", e.clone(), true).await.unwrap();
-        b.presence_remove("room", e.clone(), true).await.unwrap();
-        assert!(b.presence("room").await.unwrap().is_empty());
-        let kinds: Vec<&str> = seen
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| match e {
-                BrokerEvent::Join { .. } => "join",
-                BrokerEvent::Leave { .. } => "leave",
-                _ => "other",
-            })
-            .collect();
-        assert_eq!(kinds, vec!["join", "leave"]);
+    #[tokio::test(start_paused = true)]
+    async fn sweeper_sweeps_every_interval_and_stops_at_shutdown() {
+        let b = Arc::new(MemoryBroker::new());
+        let sweeper = b.spawn_sweeper(Duration::from_secs(1));
+        b.history(
+            "idle",
+            HistoryQuery::default(),
+            opts(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(b.channel_count(), 1);
+        // Virtual time: the first tick (at 1 s) finds the channel idle for 1 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.channel_count(), 0, "the sweeper ran");
+
+        b.shutdown().await;
+        // The broker is still alive: only the cancellation can end the task. (Were it still
+        // ticking, paused time would run the hour out and fail here.)
+        tokio::time::timeout(Duration::from_secs(3600), sweeper)
+            .await
+            .expect("sweeper stops at shutdown")
+            .expect("sweeper did not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeper_stops_when_the_broker_is_dropped() {
+        let b = Arc::new(MemoryBroker::new());
+        let sweeper = b.spawn_sweeper(Duration::from_secs(1));
+        let weak = Arc::downgrade(&b);
+        drop(b);
+        assert!(
+            weak.upgrade().is_none(),
+            "the sweeper does not own the broker"
+        );
+        tokio::time::timeout(Duration::from_secs(3600), sweeper)
+            .await
+            .expect("sweeper stops once the broker is gone")
+            .expect("sweeper did not panic");
     }
 }

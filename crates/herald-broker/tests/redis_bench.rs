@@ -3,13 +3,11 @@
 //!
 //! `cargo test --release -p herald-broker --test redis_bench -- --ignored --nocapture`
 
-mod redis_support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_testkit::redis::RedisServer;
 use redis::aio::ConnectionManager;
-use redis_support::RedisServer;
 
 const TASKS: usize = 32;
 const PER_TASK: usize = 1250;
@@ -140,7 +138,9 @@ async fn broker_publish_and_cross_node_delivery_throughput() {
         .unwrap();
     let total = (TASKS * PER_TASK) as u64;
     let count = Arc::new(Count(Default::default(), Default::default(), total));
-    b.attach(count.clone());
+    // The broker holds only a Weak: `count` stays alive here for the whole measurement.
+    let sink = Arc::downgrade(&count);
+    b.attach(sink as std::sync::Weak<dyn herald_broker::BrokerEvents>);
     for task in 0..TASKS {
         b.subscribe(&format!("bench:{task}")).await.unwrap();
     }

@@ -7,16 +7,16 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use herald_broker::Payload;
-use herald_protocol::{Cursor, StreamPosition};
-use serde::Deserialize;
+use herald_broker::{NodeInfo, Payload};
+use herald_protocol::frame::{self, HistoryReply};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
 use crate::error::EdgeError;
+use crate::hub::Delivery;
 use crate::metrics::Transport;
-use crate::node::Node;
+use crate::node::{Node, Publisher};
+use crate::permissions::{authorize, Op};
 
 #[derive(Deserialize)]
 struct PublishBody {
@@ -85,9 +85,14 @@ fn required<T>(v: Option<T>, name: &str) -> Result<T, EdgeError> {
     })
 }
 
-fn reply(result: Result<Value, EdgeError>, node: &Node) -> Response {
+/// A JSON body already encoded (by herald-protocol, or serde for `/api/info`).
+fn json_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn reply(result: Result<String, EdgeError>, node: &Node) -> Response {
     match result {
-        Ok(v) => Json(v).into_response(),
+        Ok(body) => json_response(body),
         Err(e) => {
             node.metrics.error(e.code(), e.source_tag());
             e.into_response()
@@ -95,33 +100,32 @@ fn reply(result: Result<Value, EdgeError>, node: &Node) -> Response {
     }
 }
 
-/// `POST /publish` for SSE and polling clients: namespace permissions apply.
-pub async fn client_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
+/// `POST /publish` for SSE and polling clients: the client permission rules apply.
+pub(crate) async fn client_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
     let result = async {
         let body: PublishBody = json_body(&node, req).await?;
         let channel = required(body.channel, "channel")?;
         let data = required(body.data, "data")?;
+        authorize(&node, Op::Publish, &channel)?;
         // A client may name itself (its SSE welcome's client id) to skip its own copy.
-        let from = body.client.map(Arc::<str>::from);
-        let skip = body.skip_self && from.is_some();
+        let publisher = match body.client {
+            Some(id) => Publisher::Client {
+                id: Arc::from(id),
+                skip_self: body.skip_self,
+            },
+            None => Publisher::Anonymous,
+        };
         let pos = node
-            .publish(
-                &channel,
-                Payload::Json(data),
-                from,
-                skip,
-                Transport::Http,
-                false,
-            )
+            .publish(&channel, Payload::Json(data), publisher, Transport::Http)
             .await?;
-        Ok(json!({"channel": channel, "epoch": pos.epoch, "offset": pos.offset}))
+        Ok(frame::encode_published(&channel, &pos))
     }
     .await;
     reply(result, &node)
 }
 
 /// `POST /api/publish`.
-pub async fn api_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
+pub(crate) async fn api_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
     let result = async {
         let body: PublishBody = json_body(&node, req).await?;
         let channel = required(body.channel, "channel")?;
@@ -130,20 +134,18 @@ pub async fn api_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> R
             .publish(
                 &channel,
                 Payload::Json(data),
-                None,
-                false,
+                Publisher::Api,
                 Transport::Http,
-                true,
             )
             .await?;
-        Ok(json!({"channel": channel, "epoch": pos.epoch, "offset": pos.offset}))
+        Ok(frame::encode_published(&channel, &pos))
     }
     .await;
     reply(result, &node)
 }
 
 /// `POST /api/broadcast`: to the listed channels, or with none, to every connection.
-pub async fn api_broadcast(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
+pub(crate) async fn api_broadcast(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
     let result = async {
         let body: BroadcastBody = json_body(&node, req).await?;
         let data = required(body.data, "data")?;
@@ -153,7 +155,7 @@ pub async fn api_broadcast(State(node): State<Arc<Node>>, req: Request<Body>) ->
                     return Err(EdgeError::TooLarge("broadcast data too large".into()));
                 }
                 node.broker.broadcast(Payload::Json(data)).await?;
-                Ok(json!({"broadcast": "all"}))
+                Ok(frame::BROADCAST_ALL_REPLY.to_owned())
             }
             Some(channels) if channels.is_empty() => Err(EdgeError::Protocol(
                 herald_protocol::ProtocolError::BadRequest(
@@ -164,21 +166,16 @@ pub async fn api_broadcast(State(node): State<Arc<Node>>, req: Request<Body>) ->
                 for ch in &channels {
                     herald_protocol::validate_channel(ch)?;
                 }
-                let mut results = Vec::with_capacity(channels.len());
-                for ch in channels {
+                let mut positions = Vec::with_capacity(channels.len());
+                for ch in &channels {
+                    let payload = Payload::Json(data.clone());
                     let pos = node
-                        .publish(
-                            &ch,
-                            Payload::Json(data.clone()),
-                            None,
-                            false,
-                            Transport::Http,
-                            true,
-                        )
+                        .publish(ch, payload, Publisher::Api, Transport::Http)
                         .await?;
-                    results.push(json!({"channel": ch, "epoch": pos.epoch, "offset": pos.offset}));
+                    positions.push(pos);
                 }
-                Ok(json!({"results": results}))
+                let results = channels.iter().map(String::as_str).zip(positions.iter());
+                Ok(frame::encode_broadcast_results(results))
             }
         }
     }
@@ -187,68 +184,21 @@ pub async fn api_broadcast(State(node): State<Arc<Node>>, req: Request<Body>) ->
 }
 
 /// `GET /api/presence/{channel}`.
-pub async fn api_presence(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> Response {
+pub(crate) async fn api_presence(
+    State(node): State<Arc<Node>>,
+    Path(channel): Path<String>,
+) -> Response {
     let result = async {
         herald_protocol::validate_channel(&channel)?;
         let clients = node.broker.presence(&channel).await?;
-        Ok(json!({"channel": channel, "clients": clients}))
+        Ok(frame::encode_presence_body(&channel, &clients))
     }
     .await;
     reply(result, &node)
 }
 
-/// Parses a history `since`: a cursor string, or `epoch:offset`.
-pub fn parse_since(channel: &str, text: &str) -> Result<Option<StreamPosition>, EdgeError> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    if let Some((epoch, offset)) = text.split_once(':') {
-        let pos = StreamPosition {
-            epoch: epoch.to_owned(),
-            offset: offset.parse().map_err(|_| {
-                herald_protocol::ProtocolError::BadCursor("offset is not a number".into())
-            })?,
-        };
-        pos.validate()?;
-        return Ok(Some(pos));
-    }
-    Ok(Cursor::decode(text)?.get(channel).cloned())
-}
-
-/// The history answer shared by the API and the WebSocket `history` op.
-pub async fn history_json(
-    node: &Node,
-    channel: &str,
-    since: Option<StreamPosition>,
-    limit: Option<usize>,
-) -> Result<Value, EdgeError> {
-    herald_protocol::validate_channel(channel)?;
-    let ns = node.config.namespace(channel);
-    let limit = limit.unwrap_or(ns.history_size).min(ns.history_size.max(1));
-    let page = node
-        .broker
-        .history(
-            channel,
-            herald_broker::HistoryQuery {
-                since: since.clone(),
-                limit,
-            },
-            ns.history(),
-        )
-        .await?;
-    let messages: Vec<Box<RawValue>> = page
-        .publications
-        .iter()
-        .map(|p| RawValue::from_string(p.json_frame()).expect("frame is JSON"))
-        .collect();
-    Ok(
-        json!({"channel": channel, "epoch": page.position.epoch, "offset": page.position.offset,
-        "recovered": page.recovered, "messages": messages}),
-    )
-}
-
 /// `GET /api/history/{channel}?since=&limit=`.
-pub async fn api_history(
+pub(crate) async fn api_history(
     State(node): State<Arc<Node>>,
     Path(channel): Path<String>,
     RawQuery(query): RawQuery,
@@ -258,7 +208,7 @@ pub async fn api_history(
         let mut limit = None;
         for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
             match &*k {
-                "since" => since = parse_since(&channel, &v)?,
+                "since" => since = herald_protocol::cursor::parse_since(&channel, &v)?,
                 "limit" => {
                     limit = Some(v.parse::<usize>().map_err(|_| {
                         EdgeError::http(StatusCode::BAD_REQUEST, "limit must be a whole number")
@@ -267,47 +217,72 @@ pub async fn api_history(
                 _ => {}
             }
         }
-        history_json(&node, &channel, since, limit).await
+        let page = node.history(&channel, since, limit).await?;
+        let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
+        let reply = HistoryReply {
+            channel: &channel,
+            position: &page.position,
+            recovered: page.recovered,
+            messages: frames.iter().map(|d| d.text().as_str()),
+        };
+        Ok(reply.encode_body())
     }
     .await;
     reply(result, &node)
 }
 
+/// The body of `GET /api/info`.
+#[derive(Serialize)]
+struct ClusterInfo<'a> {
+    /// The node that answered.
+    node: &'a str,
+    /// When it answered, Unix milliseconds.
+    ts_ms: u64,
+    /// Every live node, by id.
+    nodes: Vec<NodeInfo>,
+}
+
 /// `GET /api/info`: the live nodes of the cluster.
-pub async fn api_info(State(node): State<Arc<Node>>) -> Response {
+pub(crate) async fn api_info(State(node): State<Arc<Node>>) -> Response {
     let result = async {
         let mut nodes = node.broker.nodes().await?;
         // This node's own numbers are always fresh.
-        let me = crate::server::node_info(&node);
+        let me = node.info();
         nodes.retain(|n| n.node != me.node);
         nodes.push(me);
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(json!({"node": node.config.node_id, "ts_ms": herald_broker::now_ms(), "nodes": nodes}))
+        let info = ClusterInfo {
+            node: &node.config.node_id,
+            ts_ms: herald_broker::now_ms(),
+            nodes,
+        };
+        Ok(serde_json::to_string(&info).expect("info serializes"))
     }
     .await;
     reply(result, &node)
 }
 
 /// `GET /healthz`: the process is alive.
-pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+pub(crate) async fn healthz() -> Response {
+    json_response(frame::HEALTHY_REPLY.to_owned())
 }
 
 /// `GET /readyz`: 200 when the broker is healthy and the node is not draining.
-pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    let draining = node.draining.load(std::sync::atomic::Ordering::Acquire);
+pub(crate) async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let draining = node.is_draining();
     let broker = node.broker.is_healthy();
-    let body = json!({"ready": !draining && broker, "draining": draining, "broker": broker});
-    let status = if !draining && broker {
+    let ready = !draining && broker;
+    let body = frame::encode_readiness(ready, draining, broker);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Checks the API key on `/api/*`.
-pub fn check_api_key(node: &Node, headers: &HeaderMap) -> Result<(), EdgeError> {
+pub(crate) fn check_api_key(node: &Node, headers: &HeaderMap) -> Result<(), EdgeError> {
     let Some(key) = &node.config.api_key else {
         return Ok(());
     };

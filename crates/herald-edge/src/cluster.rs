@@ -13,14 +13,15 @@ use crate::config::EdgeConfig;
 use crate::metrics::Metrics;
 
 /// Connects the Redis broker named by `url` and starts exporting its health.
-pub async fn connect_redis(
+pub(crate) async fn connect_redis(
     url: &str,
     config: &EdgeConfig,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn Broker>> {
     let mut rc = RedisBrokerConfig::new(url, config.node_id.clone());
-    // The hub already delays unsubscribes; the broker need not wait again.
-    rc.unsubscribe_delay = Duration::from_millis(100);
+    // The hub owns the node's one unsubscribe delay (`limits.unsubscribe_delay_ms`); the broker
+    // unsubscribes when told, batching what arrives together.
+    rc.unsubscribe_delay = Duration::ZERO;
     let broker = RedisBroker::connect(rc)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {}: {e}", redact(url)))?;

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 /// Where an error came from; doubles as the `source` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorSource {
+pub(crate) enum ErrorSource {
     /// The client sent something wrong.
     Client,
     /// The broker (Redis) failed.
@@ -20,7 +20,7 @@ pub enum ErrorSource {
 
 impl ErrorSource {
     /// Metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ErrorSource::Client => "client",
             ErrorSource::Broker => "broker",
@@ -31,7 +31,7 @@ impl ErrorSource {
 
 /// Everything that can go wrong serving a request.
 #[derive(Debug, Error)]
-pub enum EdgeError {
+pub(crate) enum EdgeError {
     /// Malformed or invalid client input.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -71,7 +71,7 @@ pub enum EdgeError {
 
 impl EdgeError {
     /// The error code written in error frames and HTTP bodies.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             EdgeError::Protocol(e) => e.code(),
             EdgeError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
@@ -88,7 +88,7 @@ impl EdgeError {
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             EdgeError::Http { status, .. } => *status,
             other => StatusCode::from_u16(other.code().http_status())
@@ -97,7 +97,7 @@ impl EdgeError {
     }
 
     /// Where it came from.
-    pub fn source_tag(&self) -> ErrorSource {
+    pub(crate) fn source_tag(&self) -> ErrorSource {
         match self {
             EdgeError::Broker(_) => ErrorSource::Broker,
             EdgeError::Unavailable(_) => ErrorSource::Internal,
@@ -106,7 +106,7 @@ impl EdgeError {
     }
 
     /// A shorthand for an HTTP-level error.
-    pub fn http(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn http(status: StatusCode, message: impl Into<String>) -> Self {
         EdgeError::Http {
             status,
             message: message.into(),
@@ -114,17 +114,20 @@ impl EdgeError {
     }
 
     /// The error frame for a WebSocket request with this id.
-    pub fn frame(&self, id: Option<u64>) -> String {
+    pub(crate) fn frame(&self, id: Option<u64>) -> String {
         herald_protocol::frame::encode_error(id, self.code(), &self.to_string())
     }
 }
 
 impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {"code": self.code().code(), "name": self.code().name(), "message": self.to_string()}
-        });
-        (self.status(), axum::Json(body)).into_response()
+        let body = herald_protocol::frame::encode_error_body(self.code(), &self.to_string());
+        (
+            self.status(),
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 

@@ -1,24 +1,31 @@
 //! The hub: which local connections listen to which channel, and fan-out to them.
 //!
-//! Channels are spread over [`SHARDS`] maps, each behind its own `RwLock`, so fan-out on one
+//! Channels are spread over `SHARDS` maps, each behind its own `RwLock`, so fan-out on one
 //! channel never blocks subscribes on most others. The first local subscriber of a channel makes
 //! the broker subscribe (every concurrent subscriber awaits that same subscription before it
-//! reads history, so recovery is always "subscribe first"); when the last one leaves, the broker
-//! is unsubscribed after `unsubscribe_delay` if the channel is still unused.
+//! reads history, so recovery is always "subscribe first"); when the last one leaves, the channel
+//! is marked idle, and the hub's reaper (one task, on the node's background tracker)
+//! unsubscribes the broker once it has stayed idle for `unsubscribe_delay` — the one
+//! unsubscribe delay of the node: the broker unsubscribes when told. A subscriber that comes back within the delay finds
+//! the channel still live and costs nothing.
 //!
-//! Fan-out never waits on a client: a publication is wrapped once in a [`Delivery`] (whose
+//! The broker holds the hub only through a `Weak` (see [`herald_broker::Broker::attach`]); the
+//! hub owns its broker handle, so there is no ownership cycle.
+//!
+//! Fan-out never waits on a client: a publication is wrapped once in a `Delivery` (whose
 //! frames are encoded at most once per node) and `try_send` into each subscriber's bounded
 //! queue. A full queue marks the connection for closing with 4008 through its
-//! [`ConnHandle::kill`]; the client resumes from history when it reconnects.
+//! `ConnHandle::kill`; the client resumes from history when it reconnects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_broker::{Broker, BrokerEvent, BrokerEvents, Payload, Publication};
+use herald_protocol::frame::MessageData;
 use herald_protocol::CloseCode;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -28,19 +35,19 @@ use crate::error::EdgeError;
 use crate::metrics::{Metrics, Transport};
 
 /// Shards of the channel map.
-pub const SHARDS: usize = 64;
+const SHARDS: usize = 64;
 
 /// A publication as this node delivers it, with its frames encoded lazily, once.
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The publication.
-    pub publication: Arc<Publication>,
+    pub(crate) publication: Arc<Publication>,
     text: OnceLock<Utf8Bytes>,
     binary: OnceLock<Bytes>,
 }
 
 impl Delivery {
     /// Wraps a publication.
-    pub fn new(publication: Arc<Publication>) -> Self {
+    pub(crate) fn new(publication: Arc<Publication>) -> Self {
         Self {
             publication,
             text: OnceLock::new(),
@@ -49,13 +56,26 @@ impl Delivery {
     }
 
     /// The JSON message frame (shared by WebSocket text, SSE `data:` and poll replies).
-    pub fn text(&self) -> &Utf8Bytes {
-        self.text
-            .get_or_init(|| Utf8Bytes::from(self.publication.json_frame()))
+    pub(crate) fn text(&self) -> &Utf8Bytes {
+        self.text.get_or_init(|| {
+            let p = &self.publication;
+            let data = match &p.payload {
+                Payload::Json(raw) => MessageData::Json(raw),
+                Payload::Binary(bytes) => MessageData::Binary(bytes),
+            };
+            Utf8Bytes::from(herald_protocol::frame::encode_publication(
+                &p.channel,
+                &p.epoch,
+                p.offset,
+                p.ts_ms,
+                data,
+                p.from.as_deref(),
+            ))
+        })
     }
 
     /// The binary WebSocket frame, for binary payloads.
-    pub fn binary(&self) -> Option<&Bytes> {
+    pub(crate) fn binary(&self) -> Option<&Bytes> {
         match &self.publication.payload {
             Payload::Binary(payload) => Some(self.binary.get_or_init(|| {
                 Bytes::from(herald_protocol::binary::encode_binary_delivery(
@@ -71,7 +91,7 @@ impl Delivery {
 
 /// What kind of non-publication event a connection receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// A client joined.
     Join,
     /// A client left.
@@ -82,18 +102,19 @@ pub enum EventKind {
 
 impl EventKind {
     /// SSE event name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
+        use herald_protocol::sse;
         match self {
-            EventKind::Join => "join",
-            EventKind::Leave => "leave",
-            EventKind::Broadcast => "broadcast",
+            EventKind::Join => sse::JOIN,
+            EventKind::Leave => sse::LEAVE,
+            EventKind::Broadcast => sse::BROADCAST,
         }
     }
 }
 
 /// An item in a connection's outbound queue.
 #[derive(Clone)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A publication on a subscribed channel.
     Publication(Arc<Delivery>),
     /// Join, leave or broadcast, already encoded as JSON text.
@@ -103,25 +124,25 @@ pub enum Outbound {
 }
 
 /// The hub's handle on one connection.
-pub struct ConnHandle {
+pub(crate) struct ConnHandle {
     /// Hub-unique key.
-    pub key: u64,
+    key: u64,
     /// The client id (as in `from`, presence and `skip_self`).
-    pub client: Arc<str>,
+    pub(crate) client: Arc<str>,
     /// The connection's transport (metric label).
-    pub transport: Transport,
+    transport: Transport,
     /// Fan-out sends here with `try_send`; the connection's task receives. Bounded by
     /// `limits.outbound_queue`; full means the connection is killed with 4008.
     tx: mpsc::Sender<Outbound>,
     /// Cancelled when the connection must close; [`ConnHandle::close_code`] says why. The
     /// connection's task listens; the hub (slow consumer) and the node (shutdown) cancel.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     close_code: AtomicU16,
 }
 
 impl ConnHandle {
     /// Closes the connection with `code` (the first reason wins).
-    pub fn kill(&self, code: CloseCode) {
+    pub(crate) fn kill(&self, code: CloseCode) {
         let _ =
             self.close_code
                 .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
@@ -129,13 +150,10 @@ impl ConnHandle {
     }
 
     /// Why the connection was killed, if it was.
-    pub fn close_code(&self) -> Option<CloseCode> {
+    pub(crate) fn close_code(&self) -> Option<CloseCode> {
         match self.close_code.load(Ordering::Acquire) {
             0 => None,
-            4008 => Some(CloseCode::SlowConsumer),
-            1012 => Some(CloseCode::Restart),
-            1013 => Some(CloseCode::TryAgainLater),
-            _ => Some(CloseCode::Internal),
+            code => Some(CloseCode::from_code(code).unwrap_or(CloseCode::Internal)),
         }
     }
 
@@ -164,6 +182,10 @@ struct ChannelEntry {
     subscribers: Vec<Arc<ConnHandle>>,
     /// Initialised once the broker subscription for this entry is live.
     ready: Arc<tokio::sync::OnceCell<()>>,
+    /// When the last subscriber left (None while anyone listens).
+    idle_since: Option<Instant>,
+    /// Whether the channel is in the hub's idle list (at most once).
+    queued: bool,
 }
 
 type ChannelShard = RwLock<HashMap<Arc<str>, ChannelEntry>>;
@@ -181,11 +203,16 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     unsubscribe_delay: Duration,
     queue_size: usize,
+    /// Channels that became idle, roughly oldest first: pushed by [`Hub::unsubscribe`], taken
+    /// by the reaper ([`Hub::run_reaper`]) once `unsubscribe_delay` has passed. A channel is in
+    /// it at most once (`ChannelEntry::queued`), so it is bounded by the number of channels
+    /// however often a client subscribes and unsubscribes.
+    idle: Mutex<VecDeque<(Arc<str>, Instant)>>,
 }
 
 impl Hub {
-    /// A hub over `broker`. Attach it with `broker.attach(hub.clone())`.
-    pub fn new(
+    /// A hub over `broker`. Attach it with `broker.attach(Arc::downgrade(&hub))`.
+    pub(crate) fn new(
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
         unsubscribe_delay: Duration,
@@ -200,6 +227,7 @@ impl Hub {
             metrics,
             unsubscribe_delay,
             queue_size,
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -208,7 +236,7 @@ impl Hub {
     }
 
     /// Registers a connection; returns its handle and the receiving end of its queue.
-    pub fn connect(
+    pub(crate) fn connect(
         &self,
         client: Arc<str>,
         transport: Transport,
@@ -232,7 +260,7 @@ impl Hub {
     }
 
     /// Forgets a connection (its channels must be left with [`Hub::unsubscribe`] first).
-    pub fn disconnect(&self, handle: &ConnHandle) {
+    pub(crate) fn disconnect(&self, handle: &ConnHandle) {
         self.connections[(handle.key as usize) % SHARDS]
             .lock()
             .expect("connections lock")
@@ -240,7 +268,7 @@ impl Hub {
     }
 
     /// Adds `handle` to `channel` and waits until the broker subscription is live.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         self: &Arc<Self>,
         channel: &str,
         handle: &Arc<ConnHandle>,
@@ -254,10 +282,13 @@ impl Hub {
                     shard.entry(Arc::from(channel)).or_insert(ChannelEntry {
                         subscribers: Vec::new(),
                         ready: Arc::new(tokio::sync::OnceCell::new()),
+                        idle_since: None,
+                        queued: false,
                     })
                 }
             };
             entry.subscribers.push(handle.clone());
+            entry.idle_since = None;
             entry.ready.clone()
         };
         self.metrics.subscriptions.inc();
@@ -272,51 +303,98 @@ impl Hub {
     }
 
     /// Removes `handle` from `channel`; the broker is unsubscribed later if nobody returns.
-    pub fn unsubscribe(self: &Arc<Self>, channel: &str, handle: &ConnHandle) {
-        let now_empty = {
-            let mut shard = self.channel_shard(channel).write().expect("hub lock");
-            let Some(entry) = shard.get_mut(channel) else {
-                return;
+    pub(crate) fn unsubscribe(&self, channel: &str, handle: &ConnHandle) {
+        let mut shard = self.channel_shard(channel).write().expect("hub lock");
+        let Some((name, _)) = shard.get_key_value(channel) else {
+            return;
+        };
+        let name = name.clone();
+        let entry = shard.get_mut(channel).expect("entry just seen");
+        let before = entry.subscribers.len();
+        entry.subscribers.retain(|h| h.key != handle.key);
+        if entry.subscribers.len() < before {
+            self.metrics.subscriptions.dec();
+        }
+        if entry.subscribers.is_empty() && entry.idle_since.is_none() {
+            let now = Instant::now();
+            entry.idle_since = Some(now);
+            if !entry.queued {
+                entry.queued = true;
+                drop(shard);
+                self.idle.lock().expect("idle lock").push_back((name, now));
+            }
+        }
+    }
+
+    /// Runs until `stop`: releases channels that stayed idle for `unsubscribe_delay`, checking
+    /// every half delay (10 ms … 1 s).
+    pub(crate) async fn run_reaper(self: Arc<Self>, stop: CancellationToken) {
+        let tick =
+            (self.unsubscribe_delay / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            for channel in self.take_due() {
+                self.broker
+                    .unsubscribe(&channel)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(cause = %err, "broker unsubscribe failed");
+                    });
+            }
+        }
+    }
+
+    /// Removes the channels idle for the whole delay; returns those whose broker subscription
+    /// was live (they need a broker unsubscribe).
+    fn take_due(&self) -> Vec<Arc<str>> {
+        let now = Instant::now();
+        let due_at = |since: Instant| now.duration_since(since) >= self.unsubscribe_delay;
+        let mut due = Vec::new();
+        loop {
+            let next = {
+                let mut idle = self.idle.lock().expect("idle lock");
+                match idle.front() {
+                    Some((_, since)) if due_at(*since) => idle.pop_front(),
+                    _ => None,
+                }
             };
-            let before = entry.subscribers.len();
-            entry.subscribers.retain(|h| h.key != handle.key);
-            if entry.subscribers.len() < before {
-                self.metrics.subscriptions.dec();
-            }
-            entry.subscribers.is_empty().then(|| entry.ready.clone())
-        };
-        if let Some(ready) = now_empty {
-            let hub = self.clone();
-            let channel: Arc<str> = Arc::from(channel);
-            tokio::spawn(async move {
-                tokio::time::sleep(hub.unsubscribe_delay).await;
-                hub.release_if_unused(&channel, &ready).await;
-            });
-        }
-    }
-
-    async fn release_if_unused(&self, channel: &str, ready: &Arc<tokio::sync::OnceCell<()>>) {
-        let removed = {
-            let mut shard = self.channel_shard(channel).write().expect("hub lock");
-            match shard.get(channel) {
-                Some(e) if e.subscribers.is_empty() && Arc::ptr_eq(&e.ready, ready) => {
-                    shard.remove(channel);
-                    true
+            let Some((channel, _)) = next else {
+                break;
+            };
+            let mut shard = self.channel_shard(&channel).write().expect("hub lock");
+            let Some(entry) = shard.get_mut(&*channel) else {
+                continue;
+            };
+            match entry.idle_since {
+                // Someone came back: the channel stays, and leaves the list.
+                None => entry.queued = false,
+                // Idle again, but since later than it was queued: wait for its own time.
+                Some(since) if !due_at(since) => {
+                    drop(shard);
+                    self.idle
+                        .lock()
+                        .expect("idle lock")
+                        .push_back((channel, since));
                 }
-                _ => false,
-            }
-        };
-        if removed {
-            self.metrics.channels.dec();
-            if ready.initialized() {
-                if let Err(err) = self.broker.unsubscribe(channel).await {
-                    tracing::warn!(cause = %err, "broker unsubscribe failed");
+                Some(_) => {
+                    let entry = shard.remove(&*channel).expect("entry just seen");
+                    drop(shard);
+                    self.metrics.channels.dec();
+                    if entry.ready.initialized() {
+                        due.push(channel);
+                    }
                 }
             }
         }
+        due
     }
 
-    /// Channels with local subscribers.
+    /// Channels with local subscribers (or in their unsubscribe delay).
     pub fn channel_count(&self) -> usize {
         self.channels
             .iter()
@@ -333,7 +411,7 @@ impl Hub {
     }
 
     /// Every local connection (for shutdown).
-    pub fn all_connections(&self) -> Vec<Arc<ConnHandle>> {
+    pub(crate) fn all_connections(&self) -> Vec<Arc<ConnHandle>> {
         self.connections
             .iter()
             .flat_map(|s| {
@@ -419,5 +497,56 @@ impl BrokerEvents for Hub {
             }
             BrokerEvent::Resync => self.to_everyone(Outbound::Resync),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_broker::memory::MemoryBroker;
+
+    fn hub(delay: Duration) -> Arc<Hub> {
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+        let hub = Arc::new(Hub::new(broker.clone(), Arc::new(Metrics::new()), delay, 8));
+        let events: Arc<dyn BrokerEvents> = hub.clone();
+        broker.attach(Arc::downgrade(&events));
+        hub
+    }
+
+    #[tokio::test]
+    async fn churn_keeps_one_idle_entry_per_channel_and_the_delay_holds() {
+        let hub = hub(Duration::from_secs(3600));
+        let (conn, _rx) = hub.connect(Arc::from("c1"), Transport::Ws, &CancellationToken::new());
+        for _ in 0..1000 {
+            hub.subscribe("a", &conn).await.unwrap();
+            hub.unsubscribe("a", &conn);
+        }
+        assert_eq!(
+            hub.idle.lock().unwrap().len(),
+            1,
+            "one entry, however much churn"
+        );
+        assert!(hub.take_due().is_empty(), "not before the delay");
+        assert_eq!(hub.channel_count(), 1, "kept for the delay");
+    }
+
+    #[tokio::test]
+    async fn an_idle_channel_is_released_once_and_a_returning_one_is_kept() {
+        let hub = hub(Duration::ZERO);
+        let (conn, _rx) = hub.connect(Arc::from("c1"), Transport::Ws, &CancellationToken::new());
+        hub.subscribe("gone", &conn).await.unwrap();
+        hub.subscribe("back", &conn).await.unwrap();
+        hub.unsubscribe("gone", &conn);
+        hub.unsubscribe("back", &conn);
+        hub.subscribe("back", &conn).await.unwrap();
+        let released = hub.take_due();
+        assert_eq!(released.iter().map(|c| &**c).collect::<Vec<_>>(), ["gone"]);
+        assert_eq!(hub.channel_count(), 1, "`back` has a subscriber again");
+        assert!(hub.idle.lock().unwrap().is_empty());
+        assert!(hub.take_due().is_empty(), "released once");
+        // Leaving again queues it again.
+        hub.unsubscribe("back", &conn);
+        assert_eq!(hub.take_due().len(), 1);
+        assert_eq!(hub.channel_count(), 0);
     }
 }

@@ -6,29 +6,43 @@
 //!
 //! How it works:
 //!
-//! * [`server`] binds the listeners and routes requests; it owns shutdown.
-//! * [`node::Node`] is the shared state: config, broker, hub, metrics, root cancellation token.
-//! * [`hub::Hub`] maps channels to local connections. The broker calls it for every event; it
-//!   fans out with `try_send` into each connection's bounded queue, never waiting on a client.
-//! * [`transport`] has one module per transport. Each connection is one task (WebSocket) or one
-//!   response stream (SSE) that owns its socket and queue; a poll is one request.
-//! * [`subscriptions::Subscriptions`] is a connection's position per channel: duplicates are
-//!   dropped, gaps are filled from history, and a lost position is always signalled with
-//!   `recovered: false`.
-//! * [`metrics`] declares every metric; [`config`] every limit; [`error`] maps every error to
-//!   an HTTP status, an error code and a metric label in one place.
+//! Imports run one way: `server` → `transport` and `api` → `connection` → `permissions` and
+//! `node` → `hub` → broker. Nothing below imports anything above it.
+//!
+//! * [`server`] binds the listeners, routes requests and owns shutdown.
+//! * `transport` has one thin module per transport (WebSocket, SSE, polls) and the HTTP request
+//!   prelude they share; each only encodes and writes what the connection core says.
+//! * `connection` is the connection core: one client connection's identity, hub registration,
+//!   bounded outbound queue, positions, presence, slot and metrics, with every client
+//!   operation (subscribe with recovery, unsubscribe, publish, presence, history). Every check
+//!   of a client operation runs there, through `permissions`.
+//! * `api` has the HTTP API handlers (`POST /publish`, `/api/*`, health).
+//! * [`node::Node`] is the shared state: config, broker, hub, metrics, root cancellation token
+//!   and task tracker; it publishes, recovers and reads history for the layers above.
+//! * [`hub::Hub`] maps channels to local connections. The broker calls it (through a `Weak`)
+//!   for every event; it fans out with `try_send` into each connection's bounded queue, never
+//!   waiting on a client.
+//! * `subscriptions` is a connection's position per channel: duplicates are dropped, gaps are
+//!   filled from history, and a lost position is always signalled with `recovered: false`.
+//! * [`metrics`] declares every metric; [`config`] every limit; `error` maps every error to an
+//!   HTTP status, an error code and a metric label in one place.
+//!
+//! The public surface is small: [`Edge`] to start and stop a node, [`EdgeConfig`], and what
+//! tests and operators read ([`metrics::Metrics`], the node's counts and task tracker).
 
-pub mod api;
-pub mod cluster;
+mod api;
+mod cluster;
 pub mod config;
-pub mod error;
+mod connection;
+mod error;
 pub mod hub;
 pub mod metrics;
 pub mod node;
-pub mod pages;
+mod pages;
+mod permissions;
 pub mod server;
-pub mod subscriptions;
-pub mod transport;
+mod subscriptions;
+mod transport;
 
 pub use config::EdgeConfig;
 pub use server::Edge;

@@ -299,21 +299,21 @@ impl Metrics {
     }
 
     /// Counts an error answered to a client.
-    pub fn error(&self, code: ErrorCode, source: ErrorSource) {
+    pub(crate) fn error(&self, code: ErrorCode, source: ErrorSource) {
         self.errors
             .with_label_values(&[code.name(), source.label()])
             .inc();
     }
 
     /// Counts a request refused by a configured limit.
-    pub fn limit_rejected(&self, limit: Limit) {
+    pub(crate) fn limit_rejected(&self, limit: Limit) {
         self.limit_rejections
             .with_label_values(&[limit.label()])
             .inc();
     }
 
     /// Counts a disconnect.
-    pub fn disconnect(&self, code: CloseCode) {
+    pub(crate) fn disconnect(&self, code: CloseCode) {
         self.disconnects.with_label_values(&[code.label()]).inc();
     }
 

@@ -1,14 +1,20 @@
 //! The node: everything one edge shares between its connections.
 //!
-//! [`Node`] holds the config, the broker, the hub, the metrics, the root cancellation token and
-//! the connection count. Transports call [`Node::publish`] and [`Node::join`] so that limits,
-//! permissions and recovery behave the same on every transport.
+//! [`Node`] holds the config, the broker, the hub, the metrics, the root cancellation token, the
+//! task trackers and the connection count. It sits below the connection core and the HTTP API:
+//! it publishes, recovers, reads history and keeps presence, with no notion of who asks
+//! (permissions are checked above it, in the `permissions` module).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use herald_broker::{Broker, HistoryQuery, Payload, Publication, PublishRequest};
+use std::collections::BTreeMap;
+
+use axum::http::{header, HeaderMap};
+use herald_broker::{
+    Broker, BrokerEvents, HistoryPage, HistoryQuery, NodeInfo, Payload, Publication, PublishRequest,
+};
 use herald_protocol::frame::PresenceEntry;
 use herald_protocol::StreamPosition;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
-use crate::hub::{ConnHandle, Hub};
+use crate::hub::Hub;
 use crate::metrics::{Limit, Metrics, Transport};
 
 /// One edge's shared state.
@@ -24,15 +30,21 @@ pub struct Node {
     /// The configuration.
     pub config: EdgeConfig,
     /// The broker.
-    pub broker: Arc<dyn Broker>,
-    /// Local subscribers.
+    pub(crate) broker: Arc<dyn Broker>,
+    /// Local subscribers. The broker holds only a `Weak` to it (no ownership cycle).
     pub hub: Arc<Hub>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Root token: cancelled on shutdown. Every connection holds a child token.
-    pub shutdown: CancellationToken,
-    /// Tracks connection tasks so shutdown can wait for them.
+    /// Root token: cancelled on shutdown. Every connection holds a child token; every task the
+    /// node spawns (registry heartbeat, hub reaper) ends when it is cancelled.
+    pub(crate) shutdown: CancellationToken,
+    /// Tracks the connections' tasks (WebSocket sessions, presence cleanup after a connection)
+    /// so shutdown can wait for them to drain.
     pub tracker: TaskTracker,
+    /// Tracks the node's own tasks (registry heartbeat, hub reaper): they run for the node's
+    /// life and end when `shutdown` is cancelled; shutdown waits for them after the
+    /// connections.
+    pub(crate) background: TaskTracker,
     /// Set on SIGTERM: readiness fails and new connections are refused.
     pub draining: AtomicBool,
     connections: AtomicUsize,
@@ -43,7 +55,7 @@ pub struct Node {
 }
 
 /// Counts one open connection; dropping it releases the slot.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     node: Arc<Node>,
     transport: Transport,
 }
@@ -59,14 +71,30 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// The result of joining a channel with recovery.
-pub struct Joined {
+/// The result of recovering a channel after a position.
+pub(crate) struct Recovered {
     /// The position the client is at after the recovered publications.
-    pub position: StreamPosition,
+    pub(crate) position: StreamPosition,
     /// Whether everything after the client's `since` was recovered.
-    pub recovered: bool,
+    pub(crate) recovered: bool,
     /// Recovered publications, in offset order.
-    pub publications: Vec<Arc<Publication>>,
+    pub(crate) publications: Vec<Arc<Publication>>,
+}
+
+/// Who publishes: a client (whose own copy may be skipped) or the server API.
+#[derive(Debug, Clone)]
+pub(crate) enum Publisher {
+    /// A client: its id goes into `from`; with `skip_self` it does not receive its own copy.
+    Client {
+        /// The client id.
+        id: Arc<str>,
+        /// Whether the client skips its own copy.
+        skip_self: bool,
+    },
+    /// A client over HTTP that did not say who it is (no `from`).
+    Anonymous,
+    /// The server API.
+    Api,
 }
 
 impl Node {
@@ -78,7 +106,8 @@ impl Node {
             std::time::Duration::from_millis(config.limits.unsubscribe_delay_ms),
             config.limits.outbound_queue,
         ));
-        broker.attach(hub.clone());
+        let events: Arc<dyn BrokerEvents> = hub.clone();
+        broker.attach(Arc::downgrade(&events));
         let client_prefix = herald_broker::new_epoch();
         Arc::new(Self {
             config,
@@ -87,6 +116,7 @@ impl Node {
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            background: TaskTracker::new(),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             client_seq: AtomicU64::new(0),
@@ -97,13 +127,21 @@ impl Node {
     }
 
     /// A cluster-unique client id.
-    pub fn new_client_id(&self) -> Arc<str> {
+    pub(crate) fn new_client_id(&self) -> Arc<str> {
         let n = self.client_seq.fetch_add(1, Ordering::Relaxed);
         Arc::from(format!("{}-{}", self.client_prefix, n))
     }
 
+    /// Whether the node is draining (shutting down).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Takes a connection slot, or refuses when the node is full or draining.
-    pub fn admit(self: &Arc<Self>, transport: Transport) -> Result<ConnectionSlot, EdgeError> {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        transport: Transport,
+    ) -> Result<ConnectionSlot, EdgeError> {
         let reject = |reason: &str| {
             self.metrics
                 .rejected
@@ -144,33 +182,25 @@ impl Node {
     }
 
     /// Seconds since start.
-    pub fn uptime_secs(&self) -> u64 {
+    pub(crate) fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
     /// Publications accepted from this node since start.
-    pub fn published_count(&self) -> u64 {
+    pub(crate) fn published_count(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
 
-    /// Publishes on behalf of a client (`from` set, namespace permissions checked) or of the API
-    /// (`from` = None, `as_api` true).
-    pub async fn publish(
+    /// Publishes (permissions are the caller's, checked in the `permissions` module).
+    pub(crate) async fn publish(
         &self,
         channel: &str,
         payload: Payload,
-        from: Option<Arc<str>>,
-        skip_self: bool,
+        publisher: Publisher,
         transport: Transport,
-        as_api: bool,
     ) -> Result<StreamPosition, EdgeError> {
         herald_protocol::validate_channel(channel)?;
         let ns = self.config.namespace(channel);
-        if !as_api && !ns.client_publish {
-            return Err(EdgeError::PermissionDenied(format!(
-                "clients may not publish to {channel}"
-            )));
-        }
         if payload.len() > self.config.limits.max_message_size {
             self.metrics.limit_rejected(Limit::MessageSize);
             return Err(EdgeError::TooLarge(format!(
@@ -179,6 +209,10 @@ impl Node {
                 self.config.limits.max_message_size
             )));
         }
+        let (from, skip_self) = match publisher {
+            Publisher::Client { id, skip_self } => (Some(id), skip_self),
+            Publisher::Anonymous | Publisher::Api => (None, false),
+        };
         let started = Instant::now();
         let position = self
             .broker
@@ -201,42 +235,29 @@ impl Node {
         Ok(position)
     }
 
-    /// Checks a client may subscribe to `channel`.
-    pub fn check_subscribe(&self, channel: &str) -> Result<(), EdgeError> {
-        herald_protocol::validate_channel(channel)?;
-        if !self.config.namespace(channel).client_subscribe {
-            return Err(EdgeError::PermissionDenied(format!(
-                "clients may not subscribe to {channel}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Subscribes `handle` to `channel` and recovers after `since`: the hub subscription is live
-    /// before history is read, so nothing published in between is missed; the caller drops live
-    /// publications at or below the returned position.
-    pub async fn join(
+    /// Reads a channel's history: after `since`, or the newest messages without it; at most
+    /// `limit` (the namespace's `history_size` when absent, and never more).
+    pub(crate) async fn history(
         &self,
         channel: &str,
-        handle: &Arc<ConnHandle>,
-        since: Option<&StreamPosition>,
-    ) -> Result<Joined, EdgeError> {
-        self.hub.subscribe(channel, handle).await?;
-        match self.recover(channel, since).await {
-            Ok(joined) => Ok(joined),
-            Err(err) => {
-                self.hub.unsubscribe(channel, handle);
-                Err(err)
-            }
-        }
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, EdgeError> {
+        herald_protocol::validate_channel(channel)?;
+        let ns = self.config.namespace(channel);
+        let limit = limit.unwrap_or(ns.history_size).min(ns.history_size.max(1));
+        Ok(self
+            .broker
+            .history(channel, HistoryQuery { since, limit }, ns.history())
+            .await?)
     }
 
     /// Reads what a reader at `since` missed (or only the current position without `since`).
-    pub async fn recover(
+    pub(crate) async fn recover(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
-    ) -> Result<Joined, EdgeError> {
+    ) -> Result<Recovered, EdgeError> {
         let ns = self.config.namespace(channel);
         let query = HistoryQuery {
             since: since.cloned(),
@@ -244,7 +265,7 @@ impl Node {
         };
         let page = self.broker.history(channel, query, ns.history()).await?;
         let Some(since) = since else {
-            return Ok(Joined {
+            return Ok(Recovered {
                 position: page.position,
                 recovered: true,
                 publications: Vec::new(),
@@ -262,7 +283,7 @@ impl Node {
                 .last()
                 .map(|p| p.offset)
                 .unwrap_or(since.offset);
-            return Ok(Joined {
+            return Ok(Recovered {
                 position: StreamPosition {
                     epoch: page.position.epoch.clone(),
                     offset: last.max(since.offset),
@@ -286,7 +307,7 @@ impl Node {
             let again = self.broker.history(channel, query, ns.history()).await?;
             if again.recovered && again.position.epoch == page.position.epoch {
                 let last = again.publications.last().map(|p| p.offset).unwrap_or(0);
-                return Ok(Joined {
+                return Ok(Recovered {
                     position: StreamPosition {
                         epoch: again.position.epoch,
                         offset: last,
@@ -296,7 +317,7 @@ impl Node {
                 });
             }
         }
-        Ok(Joined {
+        Ok(Recovered {
             position: page.position,
             recovered: false,
             publications: Vec::new(),
@@ -304,7 +325,7 @@ impl Node {
     }
 
     /// Adds a client to a channel's presence (when the namespace keeps one).
-    pub async fn presence_join(&self, channel: &str, entry: &PresenceEntry) {
+    pub(crate) async fn presence_join(&self, channel: &str, entry: &PresenceEntry) {
         let ns = self.config.namespace(channel);
         if ns.presence {
             if let Err(err) = self
@@ -318,7 +339,7 @@ impl Node {
     }
 
     /// Removes a client from a channel's presence.
-    pub async fn presence_leave(&self, channel: &str, entry: &PresenceEntry) {
+    pub(crate) async fn presence_leave(&self, channel: &str, entry: &PresenceEntry) {
         let ns = self.config.namespace(channel);
         if ns.presence {
             if let Err(err) = self
@@ -328,6 +349,45 @@ impl Node {
             {
                 tracing::warn!(cause = %err, "presence remove failed");
             }
+        }
+    }
+
+    /// Whether the request's `Origin` (if any) is allowed.
+    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let allowed = &self.config.limits.allowed_origins;
+        if allowed.is_empty() {
+            return true;
+        }
+        match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+            None => true,
+            Some(origin) => allowed.iter().any(|a| a == origin),
+        }
+    }
+
+    /// This node's registry entry.
+    pub(crate) fn info(&self) -> NodeInfo {
+        let mut connections = BTreeMap::new();
+        for t in Transport::CONNECTED {
+            let n = self
+                .metrics
+                .connections
+                .with_label_values(&[t.label()])
+                .get();
+            connections.insert(t.label().to_owned(), n.max(0) as u64);
+        }
+        let delivered = Transport::CONNECTED
+            .iter()
+            .map(|t| self.metrics.delivered.with_label_values(&[t.label()]).get())
+            .sum();
+        NodeInfo {
+            node: self.config.node_id.clone(),
+            address: self.config.listen.to_string(),
+            connections,
+            channels: self.hub.channel_count() as u64,
+            delivered,
+            published: self.published_count(),
+            uptime_secs: self.uptime_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 }

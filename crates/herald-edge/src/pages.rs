@@ -54,7 +54,7 @@ const PAGES: &[Page] = &[
 ];
 
 /// Routes for the pages (GET, and HEAD through axum's `get`).
-pub fn routes() -> Router<Arc<Node>> {
+pub(crate) fn routes() -> Router<Arc<Node>> {
     PAGES.iter().fold(Router::new(), |router, page| {
         router.route(page.path, get(move || serve(page)))
     })

@@ -5,7 +5,6 @@
 //! connections are refused, WebSockets are closed with 1012 spread over half the grace period,
 //! SSE streams and polls end, and whatever is left when the grace period ends is dropped.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,13 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use herald_broker::memory::MemoryBroker;
-use herald_broker::{Broker, NodeInfo};
+use herald_broker::Broker;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::{api, transport};
 
@@ -73,10 +72,8 @@ impl Edge {
             Some(url) => crate::cluster::connect_redis(url, &config, &metrics).await?,
             None => {
                 let broker = Arc::new(MemoryBroker::new());
-                broker.spawn_sweeper(
-                    Duration::from_secs(1),
-                    tokio_util::sync::CancellationToken::new(),
-                );
+                // Stops on `Broker::shutdown`, which `Edge::shutdown` calls.
+                broker.spawn_sweeper(Duration::from_secs(1));
                 broker
             }
         };
@@ -115,7 +112,9 @@ impl Edge {
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
         });
-        spawn_registry(node.clone());
+        node.background.spawn(run_registry(node.clone()));
+        node.background
+            .spawn(node.hub.clone().run_reaper(node.shutdown.clone()));
         tracing::info!(node = %node.config.node_id, %addr, %metrics_addr, "edge listening");
         Ok(Edge {
             node,
@@ -139,8 +138,10 @@ impl Edge {
         }
         node.shutdown.cancel();
         node.tracker.close();
+        node.background.close();
         let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
             node.tracker.wait().await;
+            node.background.wait().await;
             let _ = self.server.await;
         })
         .await;
@@ -228,18 +229,6 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Whether the request's `Origin` (if any) is allowed.
-pub fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
-    let allowed = &node.config.limits.allowed_origins;
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        None => true,
-        Some(origin) => allowed.iter().any(|a| a == origin),
-    }
-}
-
 async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -248,44 +237,16 @@ async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-/// This node's registry entry.
-pub fn node_info(node: &Node) -> NodeInfo {
-    let mut connections = BTreeMap::new();
-    for t in Transport::CONNECTED {
-        let n = node
-            .metrics
-            .connections
-            .with_label_values(&[t.label()])
-            .get();
-        connections.insert(t.label().to_owned(), n.max(0) as u64);
-    }
-    let delivered = Transport::CONNECTED
-        .iter()
-        .map(|t| node.metrics.delivered.with_label_values(&[t.label()]).get())
-        .sum();
-    NodeInfo {
-        node: node.config.node_id.clone(),
-        address: node.config.listen.to_string(),
-        connections,
-        channels: node.hub.channel_count() as u64,
-        delivered,
-        published: node.published_count(),
-        uptime_secs: node.uptime_secs(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    }
-}
-
-fn spawn_registry(node: Arc<Node>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = node.shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if let Err(err) = node.broker.heartbeat_node(node_info(&node)).await {
-                tracing::warn!(cause = %err, "node registry heartbeat failed");
-            }
+/// Writes this node's registry entry every [`REGISTRY_INTERVAL`] until shutdown.
+async fn run_registry(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
         }
-    });
+        if let Err(err) = node.broker.heartbeat_node(node.info()).await {
+            tracing::warn!(cause = %err, "node registry heartbeat failed");
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::hub::Delivery;
 use crate::node::Node;
 
 /// What a connection should write, in order.
-pub enum Emit {
+pub(crate) enum Emit {
     /// A publication.
     Publication(Arc<Delivery>),
     /// The channel's position jumped and messages may be lost: `recovered: false`.
@@ -36,33 +36,28 @@ struct Position {
 
 /// The channels of one connection.
 #[derive(Default)]
-pub struct Subscriptions {
+pub(crate) struct Subscriptions {
     channels: HashMap<Arc<str>, Position>,
 }
 
 impl Subscriptions {
     /// Whether `channel` is subscribed.
-    pub fn contains(&self, channel: &str) -> bool {
+    pub(crate) fn contains(&self, channel: &str) -> bool {
         self.channels.contains_key(channel)
     }
 
     /// Number of channels.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.channels.len()
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
-    }
-
     /// Channel names.
-    pub fn names(&self) -> Vec<Arc<str>> {
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
         self.channels.keys().cloned().collect()
     }
 
     /// Records a channel at `position`.
-    pub fn insert(&mut self, channel: &str, position: &StreamPosition) {
+    pub(crate) fn insert(&mut self, channel: &str, position: &StreamPosition) {
         self.channels.insert(
             Arc::from(channel),
             Position {
@@ -73,12 +68,17 @@ impl Subscriptions {
     }
 
     /// Forgets a channel; returns whether it was there.
-    pub fn remove(&mut self, channel: &str) -> bool {
+    pub(crate) fn remove(&mut self, channel: &str) -> bool {
         self.channels.remove(channel).is_some()
     }
 
     /// Checks a live publication; pushes what to write into `out`.
-    pub async fn on_live(&mut self, node: &Node, delivery: Arc<Delivery>, out: &mut Vec<Emit>) {
+    pub(crate) async fn on_live(
+        &mut self,
+        node: &Node,
+        delivery: Arc<Delivery>,
+        out: &mut Vec<Emit>,
+    ) {
         let p = &delivery.publication;
         let Some(pos) = self.channels.get_mut(&*p.channel) else {
             return; // unsubscribed meanwhile
@@ -131,7 +131,7 @@ impl Subscriptions {
     }
 
     /// After the broker's subscription came back: recover every channel from its position.
-    pub async fn resync(&mut self, node: &Node, out: &mut Vec<Emit>) {
+    pub(crate) async fn resync(&mut self, node: &Node, out: &mut Vec<Emit>) {
         let names = self.names();
         for channel in names {
             let Some(pos) = self.channels.get(&channel) else {

@@ -2,8 +2,7 @@
 //! on different edges, and survives an edge being killed and Redis being killed and restarted.
 
 mod common;
-#[path = "../../herald-broker/tests/redis_support/mod.rs"]
-mod redis_support;
+use herald_testkit::redis as redis_support;
 
 use std::process::{Child, Command, Stdio};
 

@@ -3,8 +3,7 @@
 //! plausible values, and every metric the Grafana dashboard and the alert rules name is in it.
 
 mod common;
-#[path = "../../herald-broker/tests/redis_support/mod.rs"]
-mod redis_support;
+use herald_testkit::redis as redis_support;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -10,8 +10,7 @@
 //!   reconnects, and fills the gap from history.
 
 mod common;
-#[path = "../../herald-broker/tests/redis_support/mod.rs"]
-mod redis_support;
+use herald_testkit::redis as redis_support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -25,8 +25,11 @@ pub struct RedisBrokerConfig {
     pub presence_ttl: Duration,
     /// How long a node's registry entry lives without a heartbeat. Default 30 s.
     pub node_ttl: Duration,
-    /// How long a channel stays `SUBSCRIBE`d after its last local subscriber left; churn within
-    /// it costs nothing, and expired channels are unsubscribed in one batch. Default 2 s.
+    /// How long a channel stays `SUBSCRIBE`d after its last local reference went; churn within
+    /// it costs nothing. The delay is the caller's: the edge's hub already waits its own
+    /// `unsubscribe_delay_ms` before it calls `unsubscribe`, so the default is zero and the
+    /// unsubscriber only batches `UNSUBSCRIBE`s (checked every 10 ms). Set it only when
+    /// embedding the broker without the edge hub. Default 0.
     pub unsubscribe_delay: Duration,
     /// How often the pub/sub connection is probed (a message to this node's probe topic that
     /// must come back). Default 5 s.
@@ -62,7 +65,7 @@ impl Default for RedisBrokerConfig {
             prefix: "herald".into(),
             presence_ttl: Duration::from_secs(30),
             node_ttl: Duration::from_secs(30),
-            unsubscribe_delay: Duration::from_secs(2),
+            unsubscribe_delay: Duration::ZERO,
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(3),
             command_timeout: Duration::from_millis(1500),
@@ -133,7 +136,8 @@ impl RedisBrokerConfig {
         (self.presence_ttl / 3).max(Duration::from_millis(10))
     }
 
-    /// How often pending unsubscribes are checked.
+    /// How often pending unsubscribes are checked: half the delay, between 10 ms (so a zero
+    /// delay batches instead of spinning) and 1 s.
     pub(crate) fn unsubscribe_tick(&self) -> Duration {
         (self.unsubscribe_delay / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
@@ -146,6 +150,16 @@ mod tests {
     #[test]
     fn default_is_valid_and_bad_values_are_refused() {
         RedisBrokerConfig::default().validate().unwrap();
+        // No delay by default (the edge's hub owns it): valid, and the unsubscriber still
+        // sleeps between batches rather than spinning.
+        let zero = RedisBrokerConfig::default();
+        assert_eq!(zero.unsubscribe_delay, Duration::ZERO);
+        assert_eq!(zero.unsubscribe_tick(), Duration::from_millis(10));
+        let long = RedisBrokerConfig {
+            unsubscribe_delay: Duration::from_secs(60),
+            ..RedisBrokerConfig::default()
+        };
+        assert_eq!(long.unsubscribe_tick(), Duration::from_secs(1));
         let mut c = RedisBrokerConfig::new("http://x", "n");
         assert!(c.validate().is_err());
         c.url = "rediss://:pw@host:6380/0".into();

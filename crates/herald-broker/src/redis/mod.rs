@@ -7,8 +7,9 @@
 //! exact `MAXLEN` = the namespace's history size, TTL = its history TTL) and `PUBLISH`es the
 //! very same bytes (`codec.rs`) on the channel's topic. Every node that has local
 //! subscribers for the channel `SUBSCRIBE`d that topic on its one pub/sub connection
-//! (`pubsub.rs`); its reader decodes the message and calls
-//! [`BrokerEvents::on_event`]. Join and leave go on the same topic, so they reach exactly the
+//! (`pubsub.rs`); its reader decodes the message, upgrades the edge's sink (the broker holds
+//! only a `Weak` to it, see [`Broker::attach`]; events for a sink that is gone are dropped) and
+//! calls [`BrokerEvents::on_event`]. Join and leave go on the same topic, so they reach exactly the
 //! nodes with subscribers; broadcasts go on one cluster topic every node subscribes to.
 //!
 //! # What is guaranteed
@@ -29,7 +30,10 @@
 //! # Background tasks (one [`CancellationToken`], one [`TaskTracker`])
 //!
 //! * the pub/sub supervisor — reads, probes, reconnects (`pubsub.rs`);
-//! * the unsubscriber — batches delayed `UNSUBSCRIBE`s;
+//! * the unsubscriber — batches `UNSUBSCRIBE`s of channels whose last local reference went
+//!   (after [`RedisBrokerConfig::unsubscribe_delay`], zero by default: the edge's hub already
+//!   delays its unsubscribes; the delay is kept for users embedding the broker without the
+//!   edge hub);
 //! * the presence refresher — rewrites this node's presence entries every third of their TTL,
 //!   and at once after a reconnect.
 //!
@@ -41,7 +45,7 @@
 //! `#insecure` URL fragment (no verification) is refused: it needs redis-rs's
 //! `tls-rustls-insecure` feature, which is deliberately not enabled.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -216,7 +220,7 @@ fn open_client(config: &RedisBrokerConfig) -> Result<redis::Client, BrokerError>
 
 #[async_trait]
 impl Broker for RedisBroker {
-    fn attach(&self, events: Arc<dyn BrokerEvents>) {
+    fn attach(&self, events: Weak<dyn BrokerEvents>) {
         let _ = self.pubsub.events.set(events);
     }
 

@@ -23,7 +23,7 @@
 //! holds the `wire` lock from its table change to Redis's confirmation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -68,8 +68,10 @@ pub(crate) struct PubSub {
     /// Signalled after every successful reconnect (the presence refresher rewrites entries a
     /// restarted Redis may have lost).
     pub(crate) reconnected: Notify,
-    /// The edge's receiver, set once by `attach`; events before it are dropped.
-    pub(crate) events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// The edge's event sink, set once by `attach` and never owned: the reader upgrades it for
+    /// each event and drops the event when the upgrade fails (the edge is gone). Events
+    /// before `attach` are dropped too.
+    pub(crate) events: OnceLock<Weak<dyn BrokerEvents>>,
 }
 
 pub(crate) fn unavailable(what: &str) -> BrokerError {
@@ -125,9 +127,10 @@ impl PubSub {
         self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Hands `event` to the edge's sink if it is attached and still alive; drops it otherwise.
     fn emit(&self, event: BrokerEvent) {
-        if let Some(events) = self.events.get() {
-            events.on_event(event);
+        if let Some(sink) = self.events.get().and_then(Weak::upgrade) {
+            sink.on_event(event);
         }
     }
 

@@ -2,9 +2,11 @@
 //!
 //! The upgrade is done by hand over hyper's upgrade (so tungstenite's buffers can be sized:
 //! its default 128 KiB read buffer per socket would dominate idle memory). Each session is one
-//! task that owns the socket and runs a `select!` over: its cancellation token (slow consumer,
-//! shutdown), socket reads, its bounded outbound queue (drained with `try_recv`, flushed once per
-//! wake-up) and the heartbeat timer.
+//! task that owns the socket and its [`Connection`], and runs a `select!` over: the connection's
+//! cancellation token (slow consumer, shutdown), socket reads (requests, turned into calls on
+//! the connection), the connection's bounded outbound queue (drained up to a batch, written,
+//! flushed once per wake-up) and the heartbeat timer. Every check and every piece of state is
+//! the connection core's; this module only reads and writes frames.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald_broker::Payload;
-use herald_protocol::frame::{self, ClientFrame, PresenceEntry};
+use herald_protocol::frame::{self, ClientFrame, HistoryReply};
 use herald_protocol::{CloseCode, ProtocolError};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -26,26 +28,27 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::connection::{Connection, ConnectionOptions, Event};
 use crate::error::EdgeError;
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::{Delivery, Outbound};
 use crate::metrics::Transport;
-use crate::node::{ConnectionSlot, Node};
-use crate::subscriptions::{Emit, Subscriptions};
+use crate::node::Node;
+use crate::transport::request::sanitize_user;
 
 /// Most queued items written per wake-up before yielding to reads and timers.
 const BATCH: usize = 64;
 
 /// Query parameters of `/ws`.
 #[derive(Debug, Deserialize, Default)]
-pub struct WsParams {
+pub(crate) struct WsParams {
     /// Display name shown in presence (not authenticated).
-    pub user: Option<String>,
+    user: Option<String>,
 }
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// `GET /ws`: checks the handshake, answers 101 and spawns the session.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(params): Query<WsParams>,
     mut req: Request<Body>,
@@ -79,26 +82,22 @@ pub async fn upgrade(
         Err(e) => return e.into_response(),
     };
     // Refusals after the handshake carry a close code a browser can read.
-    let refusal = if !crate::server::origin_allowed(&node, headers) {
-        Some(CloseCode::Policy)
+    let opened = if !node.origin_allowed(headers) {
+        Err(CloseCode::Policy)
     } else {
-        None
-    };
-    let slot = match refusal {
-        Some(_) => None,
-        None => node.admit(Transport::Ws).ok(),
-    };
-    let refusal = refusal.or(if slot.is_none() {
-        Some(
-            if node.draining.load(std::sync::atomic::Ordering::Acquire) {
+        let options = ConnectionOptions {
+            transport: Transport::Ws,
+            user,
+            presence: true,
+        };
+        Connection::open(&node, options).map_err(|_| {
+            if node.is_draining() {
                 CloseCode::Restart
             } else {
                 CloseCode::TryAgainLater
-            },
-        )
-    } else {
-        None
-    });
+            }
+        })
+    };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = ws_config(&node);
@@ -114,10 +113,9 @@ pub async fn upgrade(
         let mut socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        match (refusal, slot) {
-            (None, Some(slot)) => run(task_node, socket, slot, user).await,
-            (code, _) => {
-                let code = code.unwrap_or(CloseCode::TryAgainLater);
+        match opened {
+            Ok(conn) => run(socket, conn).await,
+            Err(code) => {
                 task_node.metrics.disconnect(code);
                 let _ =
                     tokio::time::timeout(Duration::from_secs(5), close(&mut socket, code)).await;
@@ -159,22 +157,6 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
     })
 }
 
-/// Checks a display name from a query string.
-pub fn sanitize_user(user: Option<String>) -> Result<String, EdgeError> {
-    let user = user.unwrap_or_default();
-    if user.len() > 64
-        || !user
-            .chars()
-            .all(|c| c.is_alphanumeric() || "_-. @".contains(c))
-    {
-        return Err(EdgeError::http(
-            StatusCode::BAD_REQUEST,
-            "user must be at most 64 letters, digits or _-. @",
-        ));
-    }
-    Ok(user)
-}
-
 fn ws_config(node: &Node) -> WebSocketConfig {
     let l = &node.config.limits;
     WebSocketConfig::default()
@@ -202,55 +184,35 @@ async fn close(socket: &mut Socket, code: CloseCode) {
     .await;
 }
 
-/// One WebSocket connection.
+/// One WebSocket session: the socket and the connection it carries.
 struct Session {
-    node: Arc<Node>,
     socket: Socket,
-    /// The hub's handle: fan-out sends to `queue`'s other end; `handle.cancel` ends the session.
-    handle: Arc<ConnHandle>,
-    /// Receives what the hub fans out to this connection. Bounded; see `limits.outbound_queue`.
-    queue: tokio::sync::mpsc::Receiver<Outbound>,
-    subs: Subscriptions,
-    entry: PresenceEntry,
+    conn: Connection,
+    /// The connection's cancellation token (slow consumer, shutdown): ends the session.
+    closing: tokio_util::sync::CancellationToken,
     /// When a ping was sent and no pong has come back yet.
     ping_sent: Option<Instant>,
-    delivered: u64,
+    /// Bytes written since the last flush of the counter.
     bytes_out: u64,
-    emits: Vec<Emit>,
-    /// This transport's latency histogram, looked up once (not per delivery).
-    latency: prometheus::Histogram,
+    /// Events of the batch being written (kept to reuse its allocation).
+    events: Vec<Event>,
 }
 
-async fn run(node: Arc<Node>, socket: Socket, slot: ConnectionSlot, user: String) {
-    let client = node.new_client_id();
-    let (handle, queue) = node
-        .hub
-        .connect(client.clone(), Transport::Ws, &node.shutdown);
-    let span = tracing::info_span!("conn", client = %client, transport = "ws", node = %node.config.node_id);
-    let entry = PresenceEntry {
-        client: client.to_string(),
-        user,
-        node: node.config.node_id.clone(),
-    };
+async fn run(socket: Socket, conn: Connection) {
+    let node = conn.node().clone();
+    let span = tracing::info_span!("conn", client = %conn.client(), transport = "ws", node = %node.config.node_id);
     let mut session = Session {
-        node: node.clone(),
         socket,
-        handle,
-        queue,
-        subs: Subscriptions::default(),
-        entry,
+        closing: conn.closing(),
+        conn,
         ping_sent: None,
-        delivered: 0,
         bytes_out: 0,
-        emits: Vec::new(),
-        latency: node.metrics.delivery_latency.with_label_values(&["ws"]),
+        events: Vec::new(),
     };
     let code = tracing::Instrument::instrument(session.serve(), span.clone()).await;
     tracing::debug!(parent: &span, code = code.code(), "websocket closed");
-    session.node.metrics.disconnect(code);
-    session.leave_all().await;
-    node.hub.disconnect(&session.handle);
-    drop(slot);
+    node.metrics.disconnect(code);
+    // Dropping the session drops the connection: it leaves its channels and frees its slot.
 }
 
 enum Flow {
@@ -260,24 +222,30 @@ enum Flow {
 }
 
 impl Session {
+    fn node(&self) -> &Arc<Node> {
+        self.conn.node()
+    }
+
     async fn serve(&mut self) -> CloseCode {
+        let config = &self.node().config;
         let welcome = frame::encode_welcome(
-            &self.entry.client,
-            &self.node.config.node_id,
-            self.node.config.limits.ping_interval_secs,
+            self.conn.client(),
+            &config.node_id,
+            config.limits.ping_interval_secs,
         );
+        let interval = config.ping_interval();
+        let timeout = Duration::from_secs(config.limits.ping_timeout_secs);
         if self.send_text(welcome).await.is_err() {
             return CloseCode::Normal;
         }
-        let interval = self.node.config.ping_interval();
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        let timeout = Duration::from_secs(self.node.config.limits.ping_timeout_secs);
+        let closing = self.closing.clone();
         let outcome = loop {
             let flow = tokio::select! {
                 biased;
-                _ = self.handle.cancel.cancelled() => Flow::Close(self.cancel_code()),
+                _ = closing.cancelled() => Flow::Close(self.conn.close_code()),
                 msg = self.socket.next() => self.on_inbound(msg).await,
-                item = self.queue.recv() => match item {
+                item = self.conn.recv() => match item {
                     Some(item) => self.on_outbound(item).await,
                     None => Flow::Close(CloseCode::Internal),
                 },
@@ -294,21 +262,13 @@ impl Session {
         match outcome {
             Some(code) => {
                 if code == CloseCode::Restart {
-                    spread_restart(self.node.config.shutdown_grace()).await;
+                    spread_restart(self.node().config.shutdown_grace()).await;
                 }
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(self.node.config.limits.ping_timeout_secs),
-                    close(&mut self.socket, code),
-                )
-                .await;
+                let _ = tokio::time::timeout(timeout, close(&mut self.socket, code)).await;
                 code
             }
             None => CloseCode::Normal,
         }
-    }
-
-    fn cancel_code(&self) -> CloseCode {
-        self.handle.close_code().unwrap_or(CloseCode::Restart)
     }
 
     async fn on_tick(&mut self) -> Flow {
@@ -327,7 +287,7 @@ impl Session {
             None => return Flow::Gone,
             Some(Ok(m)) => m,
             Some(Err(WsError::Capacity(_))) => {
-                self.node
+                self.node()
                     .metrics
                     .limit_rejected(crate::metrics::Limit::MessageSize);
                 return Flow::Close(CloseCode::TooBig);
@@ -341,20 +301,14 @@ impl Session {
         };
         // Any frame proves the peer is alive.
         self.ping_sent = None;
-        let metrics = &self.node.metrics;
+        let bytes_in = self.node().metrics.bytes_in.with_label_values(&["ws"]);
         match msg {
             Message::Text(text) => {
-                metrics
-                    .bytes_in
-                    .with_label_values(&["ws"])
-                    .inc_by(text.len() as u64);
+                bytes_in.inc_by(text.len() as u64);
                 self.on_text(&text).await
             }
             Message::Binary(data) => {
-                metrics
-                    .bytes_in
-                    .with_label_values(&["ws"])
-                    .inc_by(data.len() as u64);
+                bytes_in.inc_by(data.len() as u64);
                 self.on_binary(&data).await
             }
             Message::Close(_) => {
@@ -417,7 +371,7 @@ impl Session {
     }
 
     async fn reply_error(&mut self, id: Option<u64>, err: EdgeError) -> Flow {
-        self.node.metrics.error(err.code(), err.source_tag());
+        self.node().metrics.error(err.code(), err.source_tag());
         match self.send_text(err.frame(id)).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Gone,
@@ -430,45 +384,23 @@ impl Session {
         channel: &str,
         since: Option<herald_protocol::StreamPosition>,
     ) -> Result<(), SessionError> {
-        self.node.check_subscribe(channel)?;
-        if self.subs.contains(channel) {
-            return Err(EdgeError::AlreadySubscribed(channel.into()).into());
-        }
-        let max = self.node.config.limits.max_channels_per_connection;
-        if self.subs.len() >= max {
-            self.node
-                .metrics
-                .limit_rejected(crate::metrics::Limit::ChannelsPerConnection);
-            return Err(EdgeError::Limit(format!("at most {max} channels per connection")).into());
-        }
-        let joined = self
-            .node
-            .join(channel, &self.handle, since.as_ref())
-            .await?;
-        self.subs.insert(channel, &joined.position);
-        self.send_text(frame::encode_subscribed(
+        let subscribed = self.conn.subscribe(channel, since.as_ref()).await?;
+        self.feed(Message::Text(Utf8Bytes::from(frame::encode_subscribed(
             id,
             channel,
-            &joined.position,
-            joined.recovered,
-        ))
+            &subscribed.position,
+            subscribed.recovered,
+        ))))
         .await?;
-        for p in joined.publications {
-            let d = crate::hub::Delivery::new(p);
-            self.write_delivery(&d).await?;
+        for d in &subscribed.publications {
+            self.write_delivery(d).await?;
         }
-        self.flush().await?;
-        self.node.presence_join(channel, &self.entry).await;
-        Ok(())
+        self.conn.count_delivered(&subscribed.publications);
+        self.flush().await
     }
 
     async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Result<(), SessionError> {
-        herald_protocol::validate_channel(channel).map_err(EdgeError::from)?;
-        if !self.subs.remove(channel) {
-            return Err(EdgeError::NotSubscribed(channel.into()).into());
-        }
-        self.node.hub.unsubscribe(channel, &self.handle);
-        self.node.presence_leave(channel, &self.entry).await;
+        self.conn.unsubscribe(channel).await?;
         self.send_text(frame::encode_unsubscribed(id, channel))
             .await
     }
@@ -480,33 +412,13 @@ impl Session {
         payload: Payload,
         skip_self: bool,
     ) -> Result<(), SessionError> {
-        let position = self
-            .node
-            .publish(
-                channel,
-                payload,
-                Some(self.handle.client.clone()),
-                skip_self,
-                Transport::Ws,
-                false,
-            )
-            .await?;
+        let position = self.conn.publish(channel, payload, skip_self).await?;
         self.send_text(frame::encode_ack(id, channel, &position))
             .await
     }
 
     async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), SessionError> {
-        if !self.node.config.namespace(channel).presence {
-            return Err(
-                EdgeError::PermissionDenied(format!("presence is off for {channel}")).into(),
-            );
-        }
-        let clients = self
-            .node
-            .broker
-            .presence(channel)
-            .await
-            .map_err(EdgeError::from)?;
+        let clients = self.conn.presence(channel).await?;
         self.send_text(frame::encode_presence(id, channel, &clients))
             .await
     }
@@ -518,28 +430,42 @@ impl Session {
         since: Option<herald_protocol::StreamPosition>,
         limit: Option<usize>,
     ) -> Result<(), SessionError> {
-        let body = crate::api::history_json(&self.node, channel, since, limit).await?;
-        let mut reply = serde_json::json!({"op": "history", "id": id});
-        if let (Some(reply), serde_json::Value::Object(body)) = (reply.as_object_mut(), body) {
-            reply.extend(body);
-        }
-        self.send_text(reply.to_string()).await
+        let page = self.conn.history(channel, since, limit).await?;
+        let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
+        let reply = HistoryReply {
+            channel,
+            position: &page.position,
+            recovered: page.recovered,
+            messages: frames.iter().map(|d| d.text().as_str()),
+        };
+        self.send_text(reply.encode_frame(id)).await
     }
 
     async fn on_outbound(&mut self, first: Outbound) -> Flow {
+        let mut events = std::mem::take(&mut self.events);
         let mut item = Some(first);
         let mut n = 0;
         while let Some(current) = item.take() {
-            if let Err(e) = self.write_outbound(current).await {
-                return match e {
-                    SessionError::Gone => Flow::Gone,
-                    SessionError::Edge(_) => Flow::Close(CloseCode::Internal),
-                };
-            }
+            self.conn.absorb(current, &mut events).await;
             n += 1;
             if n < BATCH {
-                item = self.queue.try_recv().ok();
+                item = self.conn.try_recv();
             }
+        }
+        let mut result = Ok(());
+        for event in events.drain(..) {
+            result = self.write_event(event).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        events.clear();
+        self.events = events;
+        if let Err(e) = result {
+            return match e {
+                SessionError::Gone => Flow::Gone,
+                SessionError::Edge(_) => Flow::Close(CloseCode::Internal),
+            };
         }
         match self.flush().await {
             Ok(()) => Flow::Continue,
@@ -547,47 +473,22 @@ impl Session {
         }
     }
 
-    async fn write_outbound(&mut self, item: Outbound) -> Result<(), SessionError> {
-        let mut emits = std::mem::take(&mut self.emits);
-        match item {
-            Outbound::Publication(d) => self.subs.on_live(&self.node, d, &mut emits).await,
-            Outbound::Event(_, text) => {
-                self.feed(Message::Text(text)).await?;
-            }
-            Outbound::Resync => self.subs.resync(&self.node, &mut emits).await,
-        }
-        let mut result = Ok(());
-        for emit in emits.drain(..) {
-            result = match emit {
-                Emit::Publication(d) => self.write_delivery(&d).await,
-                Emit::Reset { channel, position } => {
-                    self.node
-                        .metrics
-                        .recoveries
-                        .with_label_values(&["reset"])
-                        .inc();
-                    self.feed(Message::Text(Utf8Bytes::from(frame::encode_subscribed(
-                        None, &channel, &position, false,
-                    ))))
-                    .await
-                }
-            };
-            if result.is_err() {
-                break;
+    async fn write_event(&mut self, event: Event) -> Result<(), SessionError> {
+        match event {
+            Event::Publication(d) => self.write_delivery(&d).await,
+            Event::Notice(_, text) => self.feed(Message::Text(text)).await,
+            Event::Reset { channel, position } => {
+                let text = frame::encode_subscribed(None, &channel, &position, false);
+                self.feed(Message::Text(Utf8Bytes::from(text))).await
             }
         }
-        self.emits = emits;
-        result
     }
 
-    async fn write_delivery(&mut self, d: &crate::hub::Delivery) -> Result<(), SessionError> {
+    async fn write_delivery(&mut self, d: &Delivery) -> Result<(), SessionError> {
         let msg = match d.binary() {
             Some(b) => Message::Binary(b.clone()),
             None => Message::Text(d.text().clone()),
         };
-        let age_ms = herald_broker::now_ms().saturating_sub(d.publication.ts_ms);
-        self.latency.observe(age_ms as f64 / 1000.0);
-        self.delivered += 1;
         self.feed(msg).await
     }
 
@@ -608,7 +509,7 @@ impl Session {
         tokio::select! {
             biased;
             r = self.socket.feed(msg) => r.map_err(|_| SessionError::Gone),
-            _ = self.handle.cancel.cancelled() => Ok(()),
+            _ = self.closing.cancelled() => Ok(()),
         }
     }
 
@@ -617,28 +518,15 @@ impl Session {
         tokio::select! {
             biased;
             r = self.socket.flush() => r.map_err(|_| SessionError::Gone),
-            _ = self.handle.cancel.cancelled() => Ok(()),
+            _ = self.closing.cancelled() => Ok(()),
         }
     }
 
     fn flush_metrics(&mut self) {
-        let m = &self.node.metrics;
-        if self.delivered > 0 {
-            m.delivered
-                .with_label_values(&["ws"])
-                .inc_by(std::mem::take(&mut self.delivered));
-        }
+        self.conn.flush_metrics();
         if self.bytes_out > 0 {
-            m.bytes_out
-                .with_label_values(&["ws"])
-                .inc_by(std::mem::take(&mut self.bytes_out));
-        }
-    }
-
-    async fn leave_all(&mut self) {
-        for channel in self.subs.names() {
-            self.node.hub.unsubscribe(&channel, &self.handle);
-            self.node.presence_leave(&channel, &self.entry).await;
+            self.conn
+                .count_bytes_out(std::mem::take(&mut self.bytes_out) as usize);
         }
     }
 }

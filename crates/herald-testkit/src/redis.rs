@@ -1,18 +1,24 @@
 //! A real `redis-server` for tests: started on a free loopback port as a child process, with
 //! no persistence, killed on drop. `kill()` is `kill -9`; `restart()` starts an empty server on
 //! the same port.
-
-#![allow(dead_code, unreachable_pub)]
+//!
+//! Each server gets its own directory under the system temp dir (removed on drop) for its
+//! working files and, with TLS, for the test CA and certificate made with the `openssl`
+//! command. Readiness is a `PING` on the plain port, polled for up to 20 s; a server that
+//! exits at once (its port was taken meanwhile) is started again.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One redis-server child process.
+/// One redis-server child process, killed (and its directory removed) on drop.
 pub struct RedisServer {
+    /// The plain (non-TLS) port, kept across `restart`.
     port: u16,
+    /// The running server; `None` after `kill`.
     child: Option<Child>,
+    /// Working directory (and TLS files) of this server.
     dir: std::path::PathBuf,
     /// `requirepass`, if any.
     password: Option<String>,

@@ -1,0 +1,159 @@
+//! History: positions and epochs, windows by size and by TTL, `since`, `limit` and
+//! `recovered`.
+
+use herald_broker::{HistoryOptions, HistoryQuery, PublishRequest};
+
+use super::{json, json_of, keep, offsets, request, since, Check, Cluster};
+
+/// A channel never published to has a cursor (offset 0, an epoch); the first publish keeps
+/// that epoch, so a reader who took the cursor early misses nothing.
+pub(crate) async fn empty_channel_gives_a_cursor_the_first_publish_keeps(cluster: &impl Cluster) {
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    let page = b
+        .history("fresh", HistoryQuery::default(), keep(4))
+        .await
+        .unwrap();
+    assert_eq!(page.position.offset, 0);
+    assert!(page.publications.is_empty());
+    let epoch = page.position.epoch;
+    assert!(!epoch.is_empty());
+    let pos = a.publish(request("fresh", json("1"), keep(4))).await;
+    let pos = pos.unwrap();
+    assert_eq!((pos.epoch.as_str(), pos.offset), (epoch.as_str(), 1));
+    let page = b.history("fresh", since(&epoch, 0, 10), keep(4)).await;
+    let page = page.unwrap();
+    assert!(page.recovered);
+    assert_eq!(offsets(&page), vec![1]);
+}
+
+/// Size-bounded history: after a position inside the window everything is returned (up to
+/// `limit`, still `recovered`); outside it, ahead of the top, or in another epoch, nothing and
+/// `recovered: false`; without `since`, the newest `limit`.
+pub(crate) async fn history_window_by_size_with_since_and_limit(cluster: &impl Cluster) {
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    let mut epoch = String::new();
+    for i in 1..=10u64 {
+        let pos = a.publish(request("h", json(&i.to_string()), keep(4))).await;
+        let pos = pos.unwrap();
+        assert_eq!(pos.offset, i);
+        epoch = pos.epoch;
+    }
+    let read = |query: HistoryQuery| {
+        let b = b.clone();
+        async move { b.history("h", query, keep(4)).await.unwrap() }
+    };
+
+    // Kept: 7..=10. After 6 is fully covered, on the other node.
+    let page = read(since(&epoch, 6, 100)).await;
+    assert!(page.recovered);
+    assert_eq!(offsets(&page), vec![7, 8, 9, 10]);
+    assert_eq!(json_of(&page.publications[0].payload), "7");
+    assert_eq!(
+        (page.position.epoch.as_str(), page.position.offset),
+        (epoch.as_str(), 10)
+    );
+    // Limit: the first two, still recovered (the rest can be read on).
+    let page = read(since(&epoch, 6, 2)).await;
+    assert!(page.recovered);
+    assert_eq!(offsets(&page), vec![7, 8]);
+    // Limit 0 only asks whether the position is covered.
+    let page = read(since(&epoch, 8, 0)).await;
+    assert!(page.recovered && page.publications.is_empty());
+    // After 5: message 6 is trimmed. Nothing, not a page with a gap.
+    let page = read(since(&epoch, 5, 100)).await;
+    assert!(!page.recovered && page.publications.is_empty());
+    assert_eq!(page.position.offset, 10);
+    // At the top: nothing missed.
+    let page = read(since(&epoch, 10, 100)).await;
+    assert!(page.recovered && page.publications.is_empty());
+    // Ahead of the top, another epoch, no epoch: not recovered, nothing returned.
+    for (epoch, offset) in [(epoch.as_str(), 11), ("zzzz9999", 9), ("", 9)] {
+        let page = read(since(epoch, offset, 10)).await;
+        assert!(
+            !page.recovered && page.publications.is_empty(),
+            "since {epoch:?}/{offset}: {page:?}"
+        );
+        assert_eq!(page.position.offset, 10);
+    }
+    // No since: the newest `limit`.
+    let page = read(HistoryQuery {
+        since: None,
+        limit: 2,
+    })
+    .await;
+    assert_eq!(offsets(&page), vec![9, 10]);
+}
+
+/// History size 0 keeps nothing, but offsets still grow and a reader at the top is fine.
+pub(crate) async fn history_size_zero_keeps_nothing_but_offsets_grow(cluster: &impl Cluster) {
+    let a = cluster.node("a").await;
+    a.publish(request("none", json("1"), keep(0)))
+        .await
+        .unwrap();
+    let pos = a.publish(request("none", json("2"), keep(0))).await;
+    let pos = pos.unwrap();
+    assert_eq!(pos.offset, 2);
+    let page = a.history("none", since(&pos.epoch, 1, 10), keep(0)).await;
+    let page = page.unwrap();
+    assert!(!page.recovered && page.publications.is_empty());
+    let page = a.history("none", since(&pos.epoch, 2, 10), keep(0)).await;
+    assert!(page.unwrap().recovered);
+}
+
+/// Messages older than the history TTL are no longer served nor counted: `recovered: false`
+/// after them, while the channel's epoch and offset outlive them.
+pub(crate) async fn history_window_by_ttl(cluster: &impl Cluster) {
+    let a = cluster.node("a").await;
+    let b = cluster.node("b").await;
+    let short = HistoryOptions {
+        size: 10,
+        ttl: cluster.short_ttl(),
+    };
+    let pos = a
+        .publish(PublishRequest {
+            history: short,
+            ..request("ttl", json("1"), short)
+        })
+        .await
+        .unwrap();
+    let page = b.history("ttl", since(&pos.epoch, 0, 10), short).await;
+    let page = page.unwrap();
+    assert!(page.recovered);
+    assert_eq!(offsets(&page), vec![1]);
+
+    let reader = b.clone();
+    let epoch = pos.epoch.clone();
+    let expired: Check = Box::new(move || {
+        let (b, epoch) = (reader.clone(), epoch.clone());
+        Box::pin(async move {
+            let page = b.history("ttl", since(&epoch, 0, 10), short).await;
+            !page.unwrap().recovered
+        })
+    });
+    cluster.outlive(short.ttl, expired).await;
+
+    let page = b.history("ttl", since(&pos.epoch, 0, 10), short).await;
+    let page = page.unwrap();
+    assert!(!page.recovered && page.publications.is_empty());
+    assert_eq!(
+        (page.position.epoch.as_str(), page.position.offset),
+        (pos.epoch.as_str(), 1),
+        "the epoch and offset outlive the history"
+    );
+    let newest = HistoryQuery {
+        since: None,
+        limit: 10,
+    };
+    let page = b.history("ttl", newest, short).await.unwrap();
+    assert!(
+        page.publications.is_empty(),
+        "expired messages are not served"
+    );
+    let page = b.history("ttl", since(&pos.epoch, 1, 10), short).await;
+    assert!(
+        page.unwrap().recovered,
+        "a reader at the top missed nothing"
+    );
+}

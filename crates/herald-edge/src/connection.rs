@@ -1,0 +1,375 @@
+//! The connection core: one client connection's life, whatever transport carries it.
+//!
+//! A [`Connection`] owns everything a connection is: its slot in the node's connection count,
+//! its client id and user, its hub registration and bounded outbound queue, its position in
+//! every channel ([`Subscriptions`]), its presence entries, and its metrics. Every client
+//! operation goes through it — subscribe (with recovery), unsubscribe, publish, presence,
+//! history — and with it through [`crate::permissions::authorize`] and the per-connection
+//! limits, so a check written here holds on every transport.
+//!
+//! Transports are thin encoders and writers over it (as centrifuge's `client.go` sits under its
+//! transports): the WebSocket session turns frames into calls and [`Event`]s into frames; an
+//! SSE stream subscribes the channels of its query and writes events; a poll subscribes for the
+//! length of one request. Nothing here knows about transports beyond the metric label.
+//!
+//! Life: [`Connection::open`] admits (or refuses: node full or draining) and registers with the
+//! hub; [`Connection::recv`] + [`Connection::absorb`] turn what the hub queued into [`Event`]s
+//! in order, with duplicates dropped and gaps filled or signalled; dropping the connection
+//! leaves every channel (hub at once, presence on a task on the node's tracker), releases the
+//! slot and forgets the hub registration — whichever way the transport ends, nothing leaks.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use herald_broker::{HistoryPage, Payload};
+use herald_protocol::frame::PresenceEntry;
+use herald_protocol::{CloseCode, StreamPosition};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::EdgeError;
+use crate::hub::{ConnHandle, Delivery, EventKind, Outbound};
+use crate::metrics::{Limit, Transport};
+use crate::node::{ConnectionSlot, Node, Publisher};
+use crate::permissions::{authorize, Op};
+use crate::subscriptions::{Emit, Subscriptions};
+
+/// How a transport opens a connection.
+pub(crate) struct ConnectionOptions {
+    /// The transport (metric label, connection count).
+    pub(crate) transport: Transport,
+    /// The user named in presence (already checked by the transport).
+    pub(crate) user: String,
+    /// Whether subscribing enters the channel's presence (not for polls: a poll is one request,
+    /// and joining and leaving per request would announce churn, not people).
+    pub(crate) presence: bool,
+}
+
+/// What a transport writes, in order.
+pub(crate) enum Event {
+    /// A publication (live or recovered).
+    Publication(Arc<Delivery>),
+    /// A channel's position jumped and messages may be lost: write `recovered: false`.
+    Reset {
+        /// The channel.
+        channel: Arc<str>,
+        /// The new position.
+        position: StreamPosition,
+    },
+    /// Join, leave or broadcast, already encoded as the JSON frame.
+    Notice(EventKind, Utf8Bytes),
+}
+
+/// The answer to a subscribe.
+pub(crate) struct Subscribed {
+    /// The position after the recovered publications.
+    pub(crate) position: StreamPosition,
+    /// Whether everything after the client's `since` was recovered.
+    pub(crate) recovered: bool,
+    /// Recovered publications, in offset order: write them right after the reply, and count
+    /// what was written with [`Connection::count_delivered`].
+    pub(crate) publications: Vec<Arc<Delivery>>,
+}
+
+/// One client connection. See the module docs.
+pub(crate) struct Connection {
+    node: Arc<Node>,
+    options: ConnectionOptions,
+    /// The hub's handle: fan-out sends into `queue`'s other end; `handle.cancel` (a child of
+    /// the node's shutdown token) is cancelled when the connection must close.
+    handle: Arc<ConnHandle>,
+    /// Receives what the hub fans out here. Bounded by `limits.outbound_queue`; when full the
+    /// hub kills the connection with 4008 and the client resumes from history.
+    queue: mpsc::Receiver<Outbound>,
+    /// Positions of the subscribed channels.
+    subs: Subscriptions,
+    /// Channels joined in the hub, including joins still in progress, so that a connection
+    /// dropped in the middle of a subscribe leaves the hub too.
+    joined: HashSet<Arc<str>>,
+    /// Channels whose presence holds this connection.
+    present: Vec<Arc<str>>,
+    entry: PresenceEntry,
+    /// This transport's latency histogram, looked up once (not per delivery).
+    latency: prometheus::Histogram,
+    /// Deliveries not yet added to the delivered counter (added per batch).
+    delivered: u64,
+    _slot: ConnectionSlot,
+}
+
+impl Connection {
+    /// Admits a connection (or refuses: node full or draining) and registers it with the hub.
+    pub(crate) fn open(node: &Arc<Node>, options: ConnectionOptions) -> Result<Self, EdgeError> {
+        let slot = node.admit(options.transport)?;
+        let client = node.new_client_id();
+        let (handle, queue) = node
+            .hub
+            .connect(client.clone(), options.transport, &node.shutdown);
+        let entry = PresenceEntry {
+            client: client.to_string(),
+            user: options.user.clone(),
+            node: node.config.node_id.clone(),
+        };
+        let latency = node
+            .metrics
+            .delivery_latency
+            .with_label_values(&[options.transport.label()]);
+        Ok(Self {
+            node: node.clone(),
+            options,
+            handle,
+            queue,
+            subs: Subscriptions::default(),
+            joined: HashSet::new(),
+            present: Vec::new(),
+            entry,
+            latency,
+            delivered: 0,
+            _slot: slot,
+        })
+    }
+
+    /// The client id.
+    pub(crate) fn client(&self) -> &Arc<str> {
+        &self.handle.client
+    }
+
+    /// The node.
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Cancelled when the connection must close (slow consumer, shutdown); see
+    /// [`Connection::close_code`].
+    pub(crate) fn closing(&self) -> CancellationToken {
+        self.handle.cancel.clone()
+    }
+
+    /// Why the connection must close: the code it was killed with (1012 by default, as the only
+    /// other canceller is the node's shutdown).
+    pub(crate) fn close_code(&self) -> CloseCode {
+        self.handle.close_code().unwrap_or(CloseCode::Restart)
+    }
+
+    /// The subscribe check of a connection that does not exist yet (SSE and polls check the
+    /// channels of their query before they are admitted): the same check as
+    /// [`Connection::subscribe`] runs.
+    pub(crate) fn preflight<S: AsRef<str>>(node: &Node, channels: &[S]) -> Result<(), EdgeError> {
+        check_subscribe(node, &Subscriptions::default(), channels)
+    }
+
+    /// Subscribes to `channel` and recovers after `since`: the hub subscription is live before
+    /// history is read, so nothing published in between is missed (live duplicates are dropped
+    /// by offset). Enters the channel's presence when the connection keeps one.
+    pub(crate) async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Subscribed, EdgeError> {
+        check_subscribe(&self.node, &self.subs, &[channel])?;
+        let name: Arc<str> = Arc::from(channel);
+        self.joined.insert(name.clone());
+        let recovered = match self.node.hub.subscribe(channel, &self.handle).await {
+            Ok(()) => self.node.recover(channel, since).await,
+            Err(err) => Err(err),
+        };
+        let recovered = match recovered {
+            Ok(r) => r,
+            Err(err) => {
+                self.node.hub.unsubscribe(channel, &self.handle);
+                self.joined.remove(channel);
+                return Err(err);
+            }
+        };
+        self.subs.insert(channel, &recovered.position);
+        if self.options.presence {
+            // Recorded first: if this future is dropped mid-add, the drop still removes it.
+            self.present.push(name);
+            self.node.presence_join(channel, &self.entry).await;
+        }
+        let publications = recovered
+            .publications
+            .into_iter()
+            .map(|p| Arc::new(Delivery::new(p)))
+            .collect();
+        Ok(Subscribed {
+            position: recovered.position,
+            recovered: recovered.recovered,
+            publications,
+        })
+    }
+
+    /// Leaves `channel` (hub and presence).
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> Result<(), EdgeError> {
+        herald_protocol::validate_channel(channel)?;
+        if !self.subs.remove(channel) {
+            return Err(EdgeError::NotSubscribed(channel.into()));
+        }
+        self.joined.remove(channel);
+        self.node.hub.unsubscribe(channel, &self.handle);
+        if let Some(i) = self.present.iter().position(|c| &**c == channel) {
+            self.present.swap_remove(i);
+            self.node.presence_leave(channel, &self.entry).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes as this client.
+    pub(crate) async fn publish(
+        &self,
+        channel: &str,
+        payload: Payload,
+        skip_self: bool,
+    ) -> Result<StreamPosition, EdgeError> {
+        authorize(&self.node, Op::Publish, channel)?;
+        let publisher = Publisher::Client {
+            id: self.client().clone(),
+            skip_self,
+        };
+        self.node
+            .publish(channel, payload, publisher, self.options.transport)
+            .await
+    }
+
+    /// Who is in `channel` (readable by whoever may subscribe to it).
+    pub(crate) async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, EdgeError> {
+        authorize(&self.node, Op::Presence, channel)?;
+        Ok(self.node.broker.presence(channel).await?)
+    }
+
+    /// A page of `channel`'s history (readable by whoever may subscribe to it).
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, EdgeError> {
+        authorize(&self.node, Op::History, channel)?;
+        self.node.history(channel, since, limit).await
+    }
+
+    /// Waits for the next queued item; `None` when the queue is closed (never while the
+    /// connection lives). Cancel-safe: use it in a `select!`.
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
+        self.queue.recv().await
+    }
+
+    /// A queued item if one is there now.
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
+        self.queue.try_recv().ok()
+    }
+
+    /// Turns one queued item into events: publications pass the duplicate and gap checks (a gap
+    /// is filled from history or signalled with a reset); after a broker resync every channel
+    /// is checked against history.
+    pub(crate) async fn absorb(&mut self, item: Outbound, out: &mut Vec<Event>) {
+        let mut emits: Vec<Emit> = Vec::new();
+        match item {
+            Outbound::Publication(d) => self.subs.on_live(&self.node, d, &mut emits).await,
+            Outbound::Event(kind, text) => {
+                if kind == EventKind::Broadcast {
+                    self.delivered += 1;
+                }
+                out.push(Event::Notice(kind, text));
+            }
+            Outbound::Resync => self.subs.resync(&self.node, &mut emits).await,
+        }
+        let now = herald_broker::now_ms();
+        for emit in emits {
+            match emit {
+                Emit::Publication(d) => {
+                    let age_ms = now.saturating_sub(d.publication.ts_ms);
+                    self.latency.observe(age_ms as f64 / 1000.0);
+                    self.delivered += 1;
+                    out.push(Event::Publication(d));
+                }
+                Emit::Reset { channel, position } => {
+                    self.node
+                        .metrics
+                        .recoveries
+                        .with_label_values(&["reset"])
+                        .inc();
+                    out.push(Event::Reset { channel, position });
+                }
+            }
+        }
+    }
+
+    /// Adds the deliveries counted since the last call to the delivered counter (once per
+    /// batch, not per message).
+    pub(crate) fn flush_metrics(&mut self) {
+        if self.delivered > 0 {
+            self.node
+                .metrics
+                .delivered
+                .with_label_values(&[self.options.transport.label()])
+                .inc_by(std::mem::take(&mut self.delivered));
+        }
+    }
+
+    /// Counts bytes written to the client.
+    pub(crate) fn count_bytes_out(&self, n: usize) {
+        self.node
+            .metrics
+            .bytes_out
+            .with_label_values(&[self.options.transport.label()])
+            .inc_by(n as u64);
+    }
+
+    /// Counts recovered publications the transport wrote (live ones are counted by
+    /// [`Connection::absorb`]).
+    pub(crate) fn count_delivered(&mut self, publications: &[Arc<Delivery>]) {
+        let now = herald_broker::now_ms();
+        for d in publications {
+            let age_ms = now.saturating_sub(d.publication.ts_ms);
+            self.latency.observe(age_ms as f64 / 1000.0);
+        }
+        self.delivered += publications.len() as u64;
+    }
+}
+
+/// Every check of a subscribe, in one place: permission, duplicates and the per-connection
+/// channel limit.
+fn check_subscribe<S: AsRef<str>>(
+    node: &Node,
+    subs: &Subscriptions,
+    channels: &[S],
+) -> Result<(), EdgeError> {
+    for channel in channels {
+        let channel = channel.as_ref();
+        authorize(node, Op::Subscribe, channel)?;
+        if subs.contains(channel) {
+            return Err(EdgeError::AlreadySubscribed(channel.into()));
+        }
+    }
+    let max = node.config.limits.max_channels_per_connection;
+    if subs.len() + channels.len() > max {
+        node.metrics.limit_rejected(Limit::ChannelsPerConnection);
+        return Err(EdgeError::Limit(format!(
+            "at most {max} channels per connection"
+        )));
+    }
+    Ok(())
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.flush_metrics();
+        for channel in self.joined.drain() {
+            self.node.hub.unsubscribe(&channel, &self.handle);
+        }
+        self.node.hub.disconnect(&self.handle);
+        if !self.present.is_empty() {
+            let node = self.node.clone();
+            let entry = self.entry.clone();
+            let channels = std::mem::take(&mut self.present);
+            // Presence removal talks to the broker; it runs on the node's tracker so shutdown
+            // waits for it.
+            self.node.tracker.spawn(async move {
+                for channel in channels {
+                    node.presence_leave(&channel, &entry).await;
+                }
+            });
+        }
+    }
+}
