@@ -80,6 +80,8 @@ pub struct Publication {
     pub payload: Payload,
     /// The publishing client, if a client published it.
     pub from: Option<Arc<str>>,
+    /// The publishing client's authenticated user, set by the server (never by the client).
+    pub user: Option<Arc<str>>,
     /// When true, the client named in `from` does not receive it.
     pub skip_self: bool,
 }
@@ -112,6 +114,8 @@ pub struct PublishRequest {
     pub payload: Payload,
     /// The publishing client.
     pub from: Option<Arc<str>>,
+    /// The publishing client's authenticated user.
+    pub user: Option<Arc<str>>,
     /// Whether the publisher skips its own copy.
     pub skip_self: bool,
     /// How the channel keeps history.

@@ -239,6 +239,7 @@ impl Broker for MemoryBroker {
             ts_ms: now_ms(),
             payload: request.payload,
             from: request.from,
+            user: request.user,
             skip_self: request.skip_self,
         });
         if request.history.size > 0 && !request.history.ttl.is_zero() {
@@ -432,6 +433,7 @@ mod tests {
             channel: channel.into(),
             payload: Payload::Json(RawValue::from_string("1".into()).unwrap()),
             from: None,
+            user: None,
             skip_self: false,
             history: opts(ttl),
         }

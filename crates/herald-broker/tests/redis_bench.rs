@@ -158,6 +158,7 @@ async fn broker_publish_and_cross_node_delivery_throughput() {
                     channel: format!("bench:{task}").into(),
                     payload: Payload::Json(payload.clone()),
                     from: Some("client".into()),
+                    user: None,
                     skip_self: false,
                     history: HistoryOptions {
                         size: 100,

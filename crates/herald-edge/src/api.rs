@@ -1,10 +1,11 @@
 //! The HTTP API: publishing for SSE and polling clients (`POST /publish`), the server API
 //! (`/api/*`, behind the API key when one is configured) and the health endpoints.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_broker::{NodeInfo, Payload};
@@ -13,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::EdgeError;
-use crate::hub::Delivery;
+use crate::hub::{ConnHandle, Delivery};
+use crate::identity::{self, IdentifyRequest, Identity, RequestContext};
 use crate::metrics::Transport;
 use crate::node::{Node, Publisher};
-use crate::permissions::{authorize, Op};
+use crate::permissions::{authorize_publish, Subject};
 
 #[derive(Deserialize)]
 struct PublishBody {
@@ -100,28 +102,90 @@ fn reply(result: Result<String, EdgeError>, node: &Node) -> Response {
     }
 }
 
-/// `POST /publish` for SSE and polling clients: the client permission rules apply.
-pub(crate) async fn client_publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
+/// `POST /publish` for SSE and polling clients: the caller is identified by its own token
+/// (header, `?token=`, cookie) and the client permission rules apply. A `client` it names (its
+/// SSE connection, to skip its own copy and to count as that connection for `subscriber`) must
+/// be a connection on this edge of the same user — or, with no identity source configured at
+/// all, any connection here.
+pub(crate) async fn client_publish(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    req: Request<Body>,
+) -> Response {
     let result = async {
+        let context = RequestContext::new(Some(peer.ip()), req.headers());
+        let query_token = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned());
+        let token = identity::token_from(
+            req.headers(),
+            query_token.as_deref(),
+            &node.config.auth.token_cookie,
+        );
         let body: PublishBody = json_body(&node, req).await?;
         let channel = required(body.channel, "channel")?;
         let data = required(body.data, "data")?;
-        authorize(&node, Op::Publish, &channel)?;
-        // A client may name itself (its SSE welcome's client id) to skip its own copy.
-        let publisher = match body.client {
-            Some(id) => Publisher::Client {
-                id: Arc::from(id),
-                skip_self: body.skip_self,
+        let identity = identity::identify(
+            &node,
+            IdentifyRequest {
+                token: token.as_deref(),
+                display: None,
+                client: body.client.as_deref().unwrap_or(""),
+                transport: Transport::Http,
+                context: &context,
             },
-            None => Publisher::Anonymous,
+        )
+        .await?;
+        let named = match &body.client {
+            Some(id) => Some(named_connection(&node, &identity, id)?),
+            None => None,
         };
+        let subject = Subject {
+            identity: &identity,
+            client: body.client.as_deref().unwrap_or(""),
+            transport: Transport::Http,
+            context: &context,
+            subscribed: named
+                .as_ref()
+                .is_some_and(|h| node.hub.is_subscribed(&channel, h)),
+        };
+        let payload = Payload::Json(data);
+        let replaced = authorize_publish(&node, &subject, &channel, &payload).await?;
+        let publisher = Publisher::Client {
+            id: named.map(|h| h.client.clone()),
+            user: identity.proven_user(),
+            skip_self: body.skip_self,
+        };
+        let payload = replaced.unwrap_or(payload);
         let pos = node
-            .publish(&channel, Payload::Json(data), publisher, Transport::Http)
+            .publish(&channel, payload, publisher, Transport::Http)
             .await?;
         Ok(frame::encode_published(&channel, &pos))
     }
     .await;
     reply(result, &node)
+}
+
+/// The connection a `POST /publish` names: it must be on this edge and of the caller's user.
+fn named_connection(
+    node: &Node,
+    identity: &Identity,
+    client: &str,
+) -> Result<Arc<ConnHandle>, EdgeError> {
+    let handle = node.hub.find(client).ok_or_else(|| {
+        EdgeError::PermissionDenied(format!("no connection {client:?} on this edge"))
+    })?;
+    let same_user = match &handle.user {
+        Some(user) => identity.authenticated && *user == identity.user,
+        None => !node.config.auth_configured(),
+    };
+    if !same_user {
+        return Err(EdgeError::PermissionDenied(
+            "`client` names a connection of another user".into(),
+        ));
+    }
+    Ok(handle)
 }
 
 /// `POST /api/publish`.
@@ -281,10 +345,19 @@ pub(crate) async fn readyz(State(node): State<Arc<Node>>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Checks the API key on `/api/*`.
-pub(crate) fn check_api_key(node: &Node, headers: &HeaderMap) -> Result<(), EdgeError> {
+/// Checks the API key on `/api/*`; with none configured, only loopback peers may call it.
+pub(crate) fn check_api_key(
+    node: &Node,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), EdgeError> {
     let Some(key) = &node.config.api_key else {
-        return Ok(());
+        if peer.ip().is_loopback() {
+            return Ok(());
+        }
+        return Err(EdgeError::Unauthorized(
+            "no API key is configured, so /api/* answers loopback peers only".into(),
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -305,4 +378,56 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /dev/token?user=<id>` (only with `auth.dev_token_endpoint`, for the demo page): a
+/// one-hour HS256 connection token for any user. Anyone can call it: development only.
+pub(crate) async fn dev_token(
+    State(node): State<Arc<Node>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let result = async {
+        let user = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        if user.is_empty()
+            || user.len() > 64
+            || !user
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-.@".contains(c))
+        {
+            return Err(EdgeError::http(
+                StatusCode::BAD_REQUEST,
+                "user must be 1..=64 letters, digits or _-.@",
+            ));
+        }
+        let secret = node.config.auth.hmac_secret.as_deref().unwrap_or_default();
+        let exp = herald_broker::now_ms() / 1000 + 3600;
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), user.into());
+        claims.insert("exp".into(), exp.into());
+        if let Some(aud) = &node.config.auth.audience {
+            claims.insert("aud".into(), aud.clone().into());
+        }
+        if let Some(iss) = &node.config.auth.issuer {
+            claims.insert("iss".into(), iss.clone().into());
+        }
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .map_err(|e| EdgeError::Unavailable(format!("cannot sign: {e}")))?;
+        Ok(serde_json::to_string(&DevToken { token: &token, exp }).expect("serializes"))
+    }
+    .await;
+    reply(result, &node)
+}
+
+/// The body of `GET /dev/token`.
+#[derive(Serialize)]
+struct DevToken<'a> {
+    token: &'a str,
+    exp: u64,
 }

@@ -13,6 +13,8 @@ use herald_broker::HistoryOptions;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::auth::AuthConfig;
+
 /// Command-line flags. Every flag is also an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -39,6 +41,10 @@ pub struct Cli {
     /// API key required on `/api/*` as `Authorization: apikey <key>`.
     #[arg(long, env = "HERALD_API_KEY")]
     pub api_key: Option<String>,
+    /// HMAC secret verifying HS256/384/512 connection and channel tokens (overrides
+    /// `auth.hmac_secret` in the config file).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     /// Seconds to drain connections on SIGTERM.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<f64>,
@@ -84,9 +90,48 @@ pub struct NamespaceConfig {
     /// Whether subscribers get join/leave events (needs `presence`).
     pub join_leave: bool,
     /// Whether clients may publish over WebSocket and `POST /publish` (the API always may).
+    /// `false` is the same as `publish = "none"`.
     pub client_publish: bool,
-    /// Whether clients may subscribe.
+    /// Whether clients may subscribe. `false` is the same as `subscribe = "none"`.
     pub client_subscribe: bool,
+    /// Who may subscribe (and read history and presence); absent: the default namespace's
+    /// rule, else `anyone` while no auth is configured and `user` once it is.
+    pub subscribe: Option<SubscribeRule>,
+    /// Who may publish; absent: the default namespace's rule, else `anyone` while no auth is
+    /// configured and `subscriber` once it is.
+    pub publish: Option<PublishRule>,
+}
+
+/// Who may subscribe to a namespace's channels (and read their history and presence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeRule {
+    /// Every connection, anonymous ones too (when `auth.anonymous` lets them connect).
+    Anyone,
+    /// Every authenticated connection.
+    User,
+    /// A channel token for that channel, or the channel in the connection token's `channels`.
+    Token,
+    /// The application's backend decides (`auth.subscribe_proxy_url`).
+    Proxy,
+    /// No client: server-side subscriptions (`channels` claim) and the HTTP API only.
+    None,
+}
+
+/// Who may publish to a namespace's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishRule {
+    /// Every connection, anonymous ones too.
+    Anyone,
+    /// Every authenticated connection.
+    User,
+    /// A connection subscribed to that channel.
+    Subscriber,
+    /// The application's backend decides, and may replace the data (`auth.publish_proxy_url`).
+    Proxy,
+    /// No client: the HTTP API only.
+    None,
 }
 
 impl Default for NamespaceConfig {
@@ -98,6 +143,8 @@ impl Default for NamespaceConfig {
             join_leave: false,
             client_publish: true,
             client_subscribe: true,
+            subscribe: None,
+            publish: None,
         }
     }
 }
@@ -172,6 +219,7 @@ impl Default for LimitsConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct FileConfig {
+    auth: AuthConfig,
     limits: LimitsConfig,
     namespaces: BTreeMap<String, NamespaceConfig>,
     default_namespace: Option<NamespaceConfig>,
@@ -190,6 +238,8 @@ pub struct EdgeConfig {
     pub redis_url: Option<String>,
     /// API key for `/api/*`.
     pub api_key: Option<String>,
+    /// Identity: token keys, anonymous access, proxy hooks.
+    pub auth: AuthConfig,
     /// Limits.
     pub limits: LimitsConfig,
     /// Named namespaces.
@@ -208,6 +258,7 @@ impl Default for EdgeConfig {
             node_id: "herald".into(),
             redis_url: None,
             api_key: None,
+            auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             namespaces: BTreeMap::new(),
             default_namespace: NamespaceConfig::default(),
@@ -233,6 +284,10 @@ impl EdgeConfig {
             None => FileConfig::default(),
         };
         let mut limits = file.limits;
+        let mut auth = file.auth;
+        if let Some(secret) = cli.jwt_secret.filter(|s| !s.is_empty()) {
+            auth.hmac_secret = Some(secret);
+        }
         if let Some(grace) = cli.shutdown_grace {
             limits.shutdown_grace_secs = grace;
         }
@@ -246,6 +301,7 @@ impl EdgeConfig {
             node_id,
             redis_url: cli.redis_url.filter(|u| !u.is_empty()),
             api_key: cli.api_key.filter(|k| !k.is_empty()),
+            auth,
             limits,
             namespaces: file.namespaces,
             default_namespace: file.default_namespace.unwrap_or_default(),
@@ -303,6 +359,9 @@ impl EdgeConfig {
                 self.log_format
             ));
         }
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return bad("redis url must start with redis:// or rediss://".into());
@@ -337,6 +396,17 @@ impl EdgeConfig {
                     "namespace {name}: join_leave needs presence = true"
                 ));
             }
+            if ns.subscribe == Some(SubscribeRule::Proxy) && self.auth.subscribe_proxy_url.is_none()
+            {
+                return bad(format!(
+                    "namespace {name}: subscribe = \"proxy\" needs auth.subscribe_proxy_url"
+                ));
+            }
+            if ns.publish == Some(PublishRule::Proxy) && self.auth.publish_proxy_url.is_none() {
+                return bad(format!(
+                    "namespace {name}: publish = \"proxy\" needs auth.publish_proxy_url"
+                ));
+            }
         }
         Ok(())
     }
@@ -345,6 +415,42 @@ impl EdgeConfig {
     pub fn namespace(&self, channel: &str) -> &NamespaceConfig {
         let ns = herald_protocol::namespace_of(channel);
         self.namespaces.get(ns).unwrap_or(&self.default_namespace)
+    }
+
+    /// Whether any identity source is configured (token keys or a connect proxy): it turns the
+    /// defaults from open (`anyone`) to closed (`user` / `subscriber`).
+    pub fn auth_configured(&self) -> bool {
+        self.auth.has_keys() || self.auth.connect_proxy_url.is_some()
+    }
+
+    /// Who may subscribe to `channel`.
+    pub fn subscribe_rule(&self, channel: &str) -> SubscribeRule {
+        let ns = self.namespace(channel);
+        if !ns.client_subscribe {
+            return SubscribeRule::None;
+        }
+        ns.subscribe
+            .or(self.default_namespace.subscribe)
+            .unwrap_or(if self.auth_configured() {
+                SubscribeRule::User
+            } else {
+                SubscribeRule::Anyone
+            })
+    }
+
+    /// Who may publish to `channel`.
+    pub fn publish_rule(&self, channel: &str) -> PublishRule {
+        let ns = self.namespace(channel);
+        if !ns.client_publish {
+            return PublishRule::None;
+        }
+        ns.publish
+            .or(self.default_namespace.publish)
+            .unwrap_or(if self.auth_configured() {
+                PublishRule::Subscriber
+            } else {
+                PublishRule::Anyone
+            })
     }
 
     /// Ping interval.

@@ -4,7 +4,7 @@
 //! its client id and user, its hub registration and bounded outbound queue, its position in
 //! every channel ([`Subscriptions`]), its presence entries, and its metrics. Every client
 //! operation goes through it — subscribe (with recovery), unsubscribe, publish, presence,
-//! history — and with it through [`crate::permissions::authorize`] and the per-connection
+//! history, refresh — and with it through `permissions` and the per-connection
 //! limits, so a check written here holds on every transport.
 //!
 //! Transports are thin encoders and writers over it (as centrifuge's `client.go` sits under its
@@ -30,17 +30,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::EdgeError;
 use crate::hub::{ConnHandle, Delivery, EventKind, Outbound};
+use crate::identity::{Identity, RequestContext};
 use crate::metrics::{Limit, Transport};
 use crate::node::{ConnectionSlot, Node, Publisher};
-use crate::permissions::{authorize, Op};
+use crate::permissions::{authorize_publish, authorize_read, Read, Subject};
 use crate::subscriptions::{Emit, Subscriptions};
 
 /// How a transport opens a connection.
 pub(crate) struct ConnectionOptions {
     /// The transport (metric label, connection count).
     pub(crate) transport: Transport,
-    /// The user named in presence (already checked by the transport).
-    pub(crate) user: String,
+    /// The client id (from [`Node::new_client_id`], made before identification so the connect
+    /// proxy is told it).
+    pub(crate) client: Arc<str>,
+    /// Who the connection is (see `identity::identify`).
+    pub(crate) identity: Identity,
+    /// The request it came in on, for the backend hooks.
+    pub(crate) context: RequestContext,
     /// Whether subscribing enters the channel's presence (not for polls: a poll is one request,
     /// and joining and leaving per request would announce churn, not people).
     pub(crate) presence: bool,
@@ -72,6 +78,16 @@ pub(crate) struct Subscribed {
     pub(crate) publications: Vec<Arc<Delivery>>,
 }
 
+/// One channel of an SSE or poll request.
+pub(crate) struct StreamChannel<'a> {
+    /// The channel.
+    pub(crate) name: &'a str,
+    /// Where the client is in it.
+    pub(crate) since: Option<&'a StreamPosition>,
+    /// Its channel token (`channel_token=`, in channel order), if one came.
+    pub(crate) token: Option<&'a str>,
+}
+
 /// One client connection. See the module docs.
 pub(crate) struct Connection {
     node: Arc<Node>,
@@ -94,6 +110,8 @@ pub(crate) struct Connection {
     latency: prometheus::Histogram,
     /// Deliveries not yet added to the delivered counter (added per batch).
     delivered: u64,
+    /// When the session ends unless refreshed (token `exp` plus leeway), on tokio's clock.
+    deadline: Option<tokio::time::Instant>,
     _slot: ConnectionSlot,
 }
 
@@ -101,20 +119,35 @@ impl Connection {
     /// Admits a connection (or refuses: node full or draining) and registers it with the hub.
     pub(crate) fn open(node: &Arc<Node>, options: ConnectionOptions) -> Result<Self, EdgeError> {
         let slot = node.admit(options.transport)?;
-        let client = node.new_client_id();
-        let (handle, queue) = node
-            .hub
-            .connect(client.clone(), options.transport, &node.shutdown);
+        Ok(Self::open_admitted(node, slot, options))
+    }
+
+    /// Registers an already admitted connection (a WebSocket holds its slot while it waits for
+    /// its `connect` frame).
+    pub(crate) fn open_admitted(
+        node: &Arc<Node>,
+        slot: ConnectionSlot,
+        options: ConnectionOptions,
+    ) -> Self {
+        let identity = &options.identity;
+        let (handle, queue) = node.hub.connect(
+            options.client.clone(),
+            identity.proven_user(),
+            options.transport,
+            &node.shutdown,
+        );
         let entry = PresenceEntry {
-            client: client.to_string(),
-            user: options.user.clone(),
+            client: options.client.to_string(),
+            user: identity.user.to_string(),
             node: node.config.node_id.clone(),
+            info: identity.info.clone(),
         };
+        let deadline = crate::identity::deadline(node, identity.exp);
         let latency = node
             .metrics
             .delivery_latency
             .with_label_values(&[options.transport.label()]);
-        Ok(Self {
+        Self {
             node: node.clone(),
             options,
             handle,
@@ -125,8 +158,43 @@ impl Connection {
             entry,
             latency,
             delivered: 0,
+            deadline,
             _slot: slot,
-        })
+        }
+    }
+
+    /// Who the connection is.
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.options.identity
+    }
+
+    /// When the session must end unless refreshed (close 4010).
+    pub(crate) fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// Extends the session with a fresh connection token of the same user; returns its `exp`.
+    pub(crate) async fn refresh(&mut self, token: &str) -> Result<Option<u64>, EdgeError> {
+        let fresh = crate::identity::verify_connection_token(&self.node, token).await?;
+        let current = &self.options.identity;
+        if !current.authenticated || fresh.user != current.user {
+            return Err(EdgeError::Unauthorized(
+                "a refresh token must be for the connection's own user".into(),
+            ));
+        }
+        self.deadline = crate::identity::deadline(&self.node, fresh.exp);
+        self.options.identity.exp = fresh.exp;
+        Ok(fresh.exp)
+    }
+
+    fn subject(&self, channel: &str) -> Subject<'_> {
+        Subject {
+            identity: &self.options.identity,
+            client: &self.handle.client,
+            transport: self.options.transport,
+            context: &self.options.context,
+            subscribed: self.subs.contains(channel),
+        }
     }
 
     /// The client id.
@@ -151,11 +219,10 @@ impl Connection {
         self.handle.close_code().unwrap_or(CloseCode::Restart)
     }
 
-    /// The subscribe check of a connection that does not exist yet (SSE and polls check the
-    /// channels of their query before they are admitted): the same check as
-    /// [`Connection::subscribe`] runs.
+    /// The limit check of a subscribe to the channels of a query, before the connection is
+    /// admitted (SSE and polls): the same check as [`Connection::subscribe`] runs.
     pub(crate) fn preflight<S: AsRef<str>>(node: &Node, channels: &[S]) -> Result<(), EdgeError> {
-        check_subscribe(node, &Subscriptions::default(), channels)
+        check_limits(node, &Subscriptions::default(), channels)
     }
 
     /// Subscribes to `channel` and recovers after `since`: the hub subscription is live before
@@ -165,8 +232,58 @@ impl Connection {
         &mut self,
         channel: &str,
         since: Option<&StreamPosition>,
+        token: Option<&str>,
     ) -> Result<Subscribed, EdgeError> {
-        check_subscribe(&self.node, &self.subs, &[channel])?;
+        check_limits(&self.node, &self.subs, &[channel])?;
+        authorize_read(
+            &self.node,
+            &self.subject(channel),
+            Read::Subscribe,
+            channel,
+            token,
+        )
+        .await?;
+        self.join(channel, since).await
+    }
+
+    /// Subscribes to several channels at once (SSE and polls): every channel is checked before
+    /// any is joined, so a refusal leaves nothing behind. Channels the connection's token
+    /// grants (`channels` claim) need no permission.
+    pub(crate) async fn subscribe_all(
+        &mut self,
+        channels: &[StreamChannel<'_>],
+    ) -> Result<Vec<Subscribed>, EdgeError> {
+        let names: Vec<&str> = channels.iter().map(|c| c.name).collect();
+        check_limits(&self.node, &self.subs, &names)?;
+        for c in channels {
+            if !self.options.identity.channels.iter().any(|g| g == c.name) {
+                let subject = self.subject(c.name);
+                authorize_read(&self.node, &subject, Read::Subscribe, c.name, c.token).await?;
+            }
+        }
+        let mut out = Vec::with_capacity(channels.len());
+        for c in channels {
+            out.push(self.join(c.name, c.since).await?);
+        }
+        Ok(out)
+    }
+
+    /// Subscribes to a channel the connection's token grants (`channels` claim): no permission
+    /// check, the limits still apply.
+    pub(crate) async fn subscribe_granted(
+        &mut self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Subscribed, EdgeError> {
+        check_limits(&self.node, &self.subs, &[channel])?;
+        self.join(channel, since).await
+    }
+
+    async fn join(
+        &mut self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+    ) -> Result<Subscribed, EdgeError> {
         let name: Arc<str> = Arc::from(channel);
         self.joined.insert(name.clone());
         let recovered = match self.node.hub.subscribe(channel, &self.handle).await {
@@ -221,9 +338,12 @@ impl Connection {
         payload: Payload,
         skip_self: bool,
     ) -> Result<StreamPosition, EdgeError> {
-        authorize(&self.node, Op::Publish, channel)?;
+        let replaced =
+            authorize_publish(&self.node, &self.subject(channel), channel, &payload).await?;
+        let payload = replaced.unwrap_or(payload);
         let publisher = Publisher::Client {
-            id: self.client().clone(),
+            id: Some(self.client().clone()),
+            user: self.options.identity.proven_user(),
             skip_self,
         };
         self.node
@@ -232,8 +352,19 @@ impl Connection {
     }
 
     /// Who is in `channel` (readable by whoever may subscribe to it).
-    pub(crate) async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, EdgeError> {
-        authorize(&self.node, Op::Presence, channel)?;
+    pub(crate) async fn presence(
+        &self,
+        channel: &str,
+        token: Option<&str>,
+    ) -> Result<Vec<PresenceEntry>, EdgeError> {
+        authorize_read(
+            &self.node,
+            &self.subject(channel),
+            Read::Presence,
+            channel,
+            token,
+        )
+        .await?;
         Ok(self.node.broker.presence(channel).await?)
     }
 
@@ -243,8 +374,16 @@ impl Connection {
         channel: &str,
         since: Option<StreamPosition>,
         limit: Option<usize>,
+        token: Option<&str>,
     ) -> Result<HistoryPage, EdgeError> {
-        authorize(&self.node, Op::History, channel)?;
+        authorize_read(
+            &self.node,
+            &self.subject(channel),
+            Read::History,
+            channel,
+            token,
+        )
+        .await?;
         self.node.history(channel, since, limit).await
     }
 
@@ -328,16 +467,16 @@ impl Connection {
     }
 }
 
-/// Every check of a subscribe, in one place: permission, duplicates and the per-connection
-/// channel limit.
-fn check_subscribe<S: AsRef<str>>(
+/// The limits of a subscribe, in one place: valid names, no duplicates, and the per-connection
+/// channel limit (permissions are `permissions::authorize_read`'s).
+fn check_limits<S: AsRef<str>>(
     node: &Node,
     subs: &Subscriptions,
     channels: &[S],
 ) -> Result<(), EdgeError> {
     for channel in channels {
         let channel = channel.as_ref();
-        authorize(node, Op::Subscribe, channel)?;
+        herald_protocol::validate_channel(channel)?;
         if subs.contains(channel) {
             return Err(EdgeError::AlreadySubscribed(channel.into()));
         }

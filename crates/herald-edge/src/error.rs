@@ -41,9 +41,12 @@ pub(crate) enum EdgeError {
     /// The namespace forbids it.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// Missing or wrong API key.
+    /// Missing or wrong credentials (API key, token).
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The token has expired: the client should get a fresh one.
+    #[error("token expired: {0}")]
+    TokenExpired(String),
     /// A limit was reached.
     #[error("limit exceeded: {0}")]
     Limit(String),
@@ -78,6 +81,7 @@ impl EdgeError {
             EdgeError::Broker(_) => ErrorCode::Internal,
             EdgeError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             EdgeError::Unauthorized(_) => ErrorCode::Unauthorized,
+            EdgeError::TokenExpired(_) => ErrorCode::TokenExpired,
             EdgeError::Limit(_) => ErrorCode::LimitExceeded,
             EdgeError::TooLarge(_) => ErrorCode::MessageTooLarge,
             EdgeError::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
@@ -110,6 +114,19 @@ impl EdgeError {
         EdgeError::Http {
             status,
             message: message.into(),
+        }
+    }
+
+    /// The WebSocket close code when this error ends a connection before or at its start
+    /// (authentication, admission).
+    pub(crate) fn close_code(&self) -> herald_protocol::CloseCode {
+        use herald_protocol::CloseCode;
+        match self {
+            EdgeError::Unauthorized(_) => CloseCode::Unauthorized,
+            EdgeError::TokenExpired(_) => CloseCode::TokenExpired,
+            EdgeError::PermissionDenied(_) => CloseCode::Policy,
+            EdgeError::Unavailable(_) | EdgeError::Broker(_) => CloseCode::TryAgainLater,
+            _ => CloseCode::BadProtocol,
         }
     }
 

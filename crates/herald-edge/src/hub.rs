@@ -70,6 +70,7 @@ impl Delivery {
                 p.ts_ms,
                 data,
                 p.from.as_deref(),
+                p.user.as_deref(),
             ))
         })
     }
@@ -129,6 +130,9 @@ pub(crate) struct ConnHandle {
     key: u64,
     /// The client id (as in `from`, presence and `skip_self`).
     pub(crate) client: Arc<str>,
+    /// The connection's authenticated user (`None` when anonymous): `POST /publish` may name
+    /// this connection only as the same user.
+    pub(crate) user: Option<Arc<str>>,
     /// The connection's transport (metric label).
     transport: Transport,
     /// Fan-out sends here with `try_send`; the connection's task receives. Bounded by
@@ -189,13 +193,14 @@ struct ChannelEntry {
 }
 
 type ChannelShard = RwLock<HashMap<Arc<str>, ChannelEntry>>;
-type ConnectionShard = Mutex<HashMap<u64, Arc<ConnHandle>>>;
+type ConnectionShard = Mutex<HashMap<Arc<str>, Arc<ConnHandle>>>;
 
 /// Channel → local subscribers, and every local connection.
 pub struct Hub {
     /// Channel → subscribers. Written on (un)subscribe, read by fan-out.
     channels: Box<[ChannelShard]>,
-    /// Every local connection, for broadcasts to all and shutdown.
+    /// Every local connection by client id, for broadcasts to all, shutdown, and the
+    /// `POST /publish` check of a named connection.
     connections: Box<[ConnectionShard]>,
     hasher: RandomState,
     next_key: std::sync::atomic::AtomicU64,
@@ -235,10 +240,15 @@ impl Hub {
         &self.channels[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
+    fn connection_shard(&self, client: &str) -> &ConnectionShard {
+        &self.connections[(self.hasher.hash_one(client) as usize) % SHARDS]
+    }
+
     /// Registers a connection; returns its handle and the receiving end of its queue.
     pub(crate) fn connect(
         &self,
         client: Arc<str>,
+        user: Option<Arc<str>>,
         transport: Transport,
         parent: &CancellationToken,
     ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
@@ -246,25 +256,49 @@ impl Hub {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ConnHandle {
             key,
-            client,
+            client: client.clone(),
+            user,
             transport,
             tx,
             cancel: parent.child_token(),
             close_code: AtomicU16::new(0),
         });
-        self.connections[(key as usize) % SHARDS]
+        self.connection_shard(&client)
             .lock()
             .expect("connections lock")
-            .insert(key, handle.clone());
+            .insert(client, handle.clone());
         (handle, rx)
     }
 
     /// Forgets a connection (its channels must be left with [`Hub::unsubscribe`] first).
     pub(crate) fn disconnect(&self, handle: &ConnHandle) {
-        self.connections[(handle.key as usize) % SHARDS]
+        let mut shard = self
+            .connection_shard(&handle.client)
+            .lock()
+            .expect("connections lock");
+        if shard
+            .get(&handle.client)
+            .is_some_and(|h| h.key == handle.key)
+        {
+            shard.remove(&handle.client);
+        }
+    }
+
+    /// The local connection with this client id, if there is one.
+    pub(crate) fn find(&self, client: &str) -> Option<Arc<ConnHandle>> {
+        self.connection_shard(client)
             .lock()
             .expect("connections lock")
-            .remove(&handle.key);
+            .get(client)
+            .cloned()
+    }
+
+    /// Whether `handle` is subscribed to `channel` here.
+    pub(crate) fn is_subscribed(&self, channel: &str, handle: &ConnHandle) -> bool {
+        let shard = self.channel_shard(channel).read().expect("hub lock");
+        shard
+            .get(channel)
+            .is_some_and(|e| e.subscribers.iter().any(|h| h.key == handle.key))
     }
 
     /// Adds `handle` to `channel` and waits until the broker subscription is live.
@@ -516,7 +550,8 @@ mod tests {
     #[tokio::test]
     async fn churn_keeps_one_idle_entry_per_channel_and_the_delay_holds() {
         let hub = hub(Duration::from_secs(3600));
-        let (conn, _rx) = hub.connect(Arc::from("c1"), Transport::Ws, &CancellationToken::new());
+        let token = CancellationToken::new();
+        let (conn, _rx) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
         for _ in 0..1000 {
             hub.subscribe("a", &conn).await.unwrap();
             hub.unsubscribe("a", &conn);
@@ -533,7 +568,8 @@ mod tests {
     #[tokio::test]
     async fn an_idle_channel_is_released_once_and_a_returning_one_is_kept() {
         let hub = hub(Duration::ZERO);
-        let (conn, _rx) = hub.connect(Arc::from("c1"), Transport::Ws, &CancellationToken::new());
+        let token = CancellationToken::new();
+        let (conn, _rx) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
         hub.subscribe("gone", &conn).await.unwrap();
         hub.subscribe("back", &conn).await.unwrap();
         hub.unsubscribe("gone", &conn);

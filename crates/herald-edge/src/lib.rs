@@ -31,15 +31,18 @@
 //! tests and operators read ([`metrics::Metrics`], the node's counts and task tracker).
 
 mod api;
+mod auth;
 mod cluster;
 pub mod config;
 mod connection;
 mod error;
 pub mod hub;
+mod identity;
 pub mod metrics;
 pub mod node;
 mod pages;
 mod permissions;
+mod proxy;
 pub mod server;
 mod subscriptions;
 mod transport;

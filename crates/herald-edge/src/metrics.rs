@@ -121,7 +121,21 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     /// Broadcasts received from the broker.
     pub broadcasts: IntCounter,
+    /// Authentication outcomes of connections, channel tokens, refreshes and HTTP publishes, by
+    /// result (see [`AUTH_RESULTS`]).
+    pub auth: IntCounterVec,
 }
+
+/// The `result` label values of `herald_auth_total`.
+pub const AUTH_RESULTS: [&str; 7] = [
+    "ok",
+    "anonymous",
+    "missing",
+    "invalid",
+    "expired",
+    "denied",
+    "unavailable",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -260,6 +274,12 @@ impl Metrics {
                 "Errors answered to clients.",
                 &["code", "source"],
             ),
+            auth: counter_vec(
+                r,
+                "herald_auth_total",
+                "Authentication outcomes (tokens and the connect proxy) by result.",
+                &["result"],
+            ),
             limit_rejections: counter_vec(
                 r,
                 "herald_limit_rejections_total",
@@ -290,6 +310,9 @@ impl Metrics {
         for outcome in ["recovered", "not_recovered"] {
             m.recoveries.with_label_values(&[outcome]);
         }
+        for result in AUTH_RESULTS {
+            m.auth.with_label_values(&[result]);
+        }
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -310,6 +333,11 @@ impl Metrics {
         self.limit_rejections
             .with_label_values(&[limit.label()])
             .inc();
+    }
+
+    /// Counts an authentication outcome (one of [`AUTH_RESULTS`]).
+    pub(crate) fn auth(&self, result: &str) {
+        self.auth.with_label_values(&[result]).inc();
     }
 
     /// Counts a disconnect.

@@ -20,10 +20,12 @@ use herald_protocol::StreamPosition;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Verifier;
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::hub::Hub;
 use crate::metrics::{Limit, Metrics, Transport};
+use crate::proxy::ProxyClient;
 
 /// One edge's shared state.
 pub struct Node {
@@ -47,6 +49,10 @@ pub struct Node {
     pub(crate) background: TaskTracker,
     /// Set on SIGTERM: readiness fails and new connections are refused.
     pub draining: AtomicBool,
+    /// Verifies connection and channel tokens.
+    pub(crate) verifier: Verifier,
+    /// The application's backend hooks, when any is configured.
+    pub(crate) proxy: Option<ProxyClient>,
     connections: AtomicUsize,
     client_seq: AtomicU64,
     client_prefix: String,
@@ -84,22 +90,30 @@ pub(crate) struct Recovered {
 /// Who publishes: a client (whose own copy may be skipped) or the server API.
 #[derive(Debug, Clone)]
 pub(crate) enum Publisher {
-    /// A client: its id goes into `from`; with `skip_self` it does not receive its own copy.
+    /// A client. `id` goes into `from` (absent for an HTTP publish that names no connection),
+    /// `user` into `user` (absent when anonymous); with `skip_self` the connection `id` does
+    /// not receive its own copy.
     Client {
-        /// The client id.
-        id: Arc<str>,
-        /// Whether the client skips its own copy.
+        /// The publishing connection.
+        id: Option<Arc<str>>,
+        /// Its authenticated user.
+        user: Option<Arc<str>>,
+        /// Whether the connection skips its own copy.
         skip_self: bool,
     },
-    /// A client over HTTP that did not say who it is (no `from`).
-    Anonymous,
     /// The server API.
     Api,
 }
 
 impl Node {
     /// A node over `broker`. The hub is attached to the broker here.
-    pub fn new(config: EdgeConfig, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: EdgeConfig,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        verifier: Verifier,
+        proxy: Option<ProxyClient>,
+    ) -> Arc<Self> {
         let hub = Arc::new(Hub::new(
             broker.clone(),
             metrics.clone(),
@@ -118,6 +132,8 @@ impl Node {
             tracker: TaskTracker::new(),
             background: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            verifier,
+            proxy,
             connections: AtomicUsize::new(0),
             client_seq: AtomicU64::new(0),
             client_prefix,
@@ -209,9 +225,16 @@ impl Node {
                 self.config.limits.max_message_size
             )));
         }
-        let (from, skip_self) = match publisher {
-            Publisher::Client { id, skip_self } => (Some(id), skip_self),
-            Publisher::Anonymous | Publisher::Api => (None, false),
+        let (from, user, skip_self) = match publisher {
+            Publisher::Client {
+                id,
+                user,
+                skip_self,
+            } => {
+                let skip_self = skip_self && id.is_some();
+                (id, user, skip_self)
+            }
+            Publisher::Api => (None, None, false),
         };
         let started = Instant::now();
         let position = self
@@ -220,6 +243,7 @@ impl Node {
                 channel: Arc::from(channel),
                 payload,
                 from,
+                user,
                 skip_self,
                 history: ns.history(),
             })
@@ -352,16 +376,25 @@ impl Node {
         }
     }
 
-    /// Whether the request's `Origin` (if any) is allowed.
+    /// Whether the request's `Origin` (if any) is allowed: one of `allowed_origins`, or, when
+    /// that list is empty, the same origin as the request's `Host` (Centrifugo's rule). A
+    /// request without `Origin` (not from a browser page) is allowed.
     pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        let allowed = &self.config.limits.allowed_origins;
-        if allowed.is_empty() {
+        let Some(origin) = headers.get(header::ORIGIN) else {
             return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let allowed = &self.config.limits.allowed_origins;
+        if !allowed.is_empty() {
+            return allowed.iter().any(|a| a == origin || a == "*");
         }
-        match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-            None => true,
-            Some(origin) => allowed.iter().any(|a| a == origin),
-        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
     }
 
     /// This node's registry entry.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::proxy::{ProxyClient, ProxyConfig};
 use crate::{api, transport};
 
 /// The cookie naming the edge a browser is on; nginx routes by it.
@@ -90,13 +91,18 @@ impl Edge {
         let metrics_listener = bind(config.metrics_listen, 128)?;
         let addr = listener.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
-        let node = Node::new(config, broker, metrics);
+        let verifier = crate::auth::Verifier::new(&config.auth)
+            .await
+            .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+        let proxy = proxy_client(&config.auth).map_err(|e| anyhow::anyhow!("auth proxy: {e}"))?;
+        let node = Node::new(config, broker, metrics, verifier, proxy);
         let stop_accepting = tokio_util::sync::CancellationToken::new();
 
         let app = router(node.clone());
         let stop = stop_accepting.clone();
         let server = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            let result = axum::serve(listener, service)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(err) = result {
@@ -153,7 +159,31 @@ impl Edge {
     }
 }
 
+/// The backend hooks client, when any hook URL is configured.
+fn proxy_client(auth: &crate::config::AuthConfig) -> Result<Option<ProxyClient>, String> {
+    if auth.connect_proxy_url.is_none()
+        && auth.subscribe_proxy_url.is_none()
+        && auth.publish_proxy_url.is_none()
+    {
+        return Ok(None);
+    }
+    ProxyClient::new(ProxyConfig {
+        connect_url: auth.connect_proxy_url.clone(),
+        subscribe_url: auth.subscribe_proxy_url.clone(),
+        publish_url: auth.publish_proxy_url.clone(),
+        timeout: auth.proxy_timeout(),
+        concurrency: auth.proxy_concurrency,
+    })
+    .map(Some)
+}
+
 fn router(node: Arc<Node>) -> Router {
+    let dev = if node.config.auth.dev_token_endpoint {
+        tracing::warn!("auth.dev_token_endpoint is on: anyone can get a token for any user");
+        Router::new().route("/dev/token", get(api::dev_token))
+    } else {
+        Router::new()
+    };
     let api = Router::new()
         .route("/api/publish", post(api::api_publish))
         .route("/api/broadcast", post(api::api_broadcast))
@@ -173,6 +203,7 @@ fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(api::readyz))
         .merge(crate::pages::routes())
         .merge(api)
+        .merge(dev)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(node.clone(), node_cookie))
@@ -187,8 +218,13 @@ async fn method_not_allowed() -> Response {
     EdgeError::http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here").into_response()
 }
 
-async fn require_api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    match api::check_api_key(&node, req.headers()) {
+async fn require_api_key(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match api::check_api_key(&node, req.headers(), peer) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             node.metrics.error(e.code(), e.source_tag());

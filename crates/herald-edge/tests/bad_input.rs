@@ -126,7 +126,7 @@ async fn ws_bad_text_frames_get_their_error_codes_and_nothing_breaks() {
         (r#"{"op":"subscribe","channel":"a*b","id":33}"#.into(), 105, Some(33)),
         (r#"{"op":"subscribe","channel":"caf\u00e9","id":34}"#.into(), 105, Some(34)),
         (r#"{"op":"subscribe","channel":"a\nb","id":35}"#.into(), 105, Some(35)),
-        (r#"{"op":"publish","channel":"a#b","data":1,"id":36}"#.into(), 105, Some(36)),
+        (r#"{"op":"publish","channel":"a#b,","data":1,"id":36}"#.into(), 105, Some(36)),
         (r#"{"op":"unsubscribe","channel":"a b","id":37}"#.into(), 105, Some(37)),
         (r#"{"op":"presence","channel":"a?b","id":38}"#.into(), 105, Some(38)),
         (r#"{"op":"history","channel":"a b","id":39}"#.into(), 105, Some(39)),

@@ -11,6 +11,7 @@
 //! | 1013 | TryAgainLater | the edge is full | reconnect with backoff |
 //! | 4000 | HeartbeatTimeout | no pong within the timeout | reconnect, resume |
 //! | 4008 | SlowConsumer | outbound queue full | reconnect, resume from history |
+//! | 4010 | TokenExpired | the connection's token expired without a `refresh` | get a fresh token, reconnect, resume |
 //! | 4029 | RateLimited | too many requests | reconnect after a pause |
 //! | 4501 | Unauthorized | bad or missing credentials | not reconnect |
 //! | 4502 | BadProtocol | the client broke the protocol (e.g. invalid UTF-8 text) | not reconnect |
@@ -39,6 +40,8 @@ pub enum CloseCode {
     HeartbeatTimeout = 4000,
     /// 4008: slow consumer; the outbound queue was full.
     SlowConsumer = 4008,
+    /// The connection's token expired and was not refreshed.
+    TokenExpired = 4010,
     /// 4029: rate limited.
     RateLimited = 4029,
     /// 4501: unauthorized; do not reconnect.
@@ -49,7 +52,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, for lookups and tests.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::InvalidPayload,
         CloseCode::Policy,
@@ -59,6 +62,7 @@ impl CloseCode {
         CloseCode::TryAgainLater,
         CloseCode::HeartbeatTimeout,
         CloseCode::SlowConsumer,
+        CloseCode::TokenExpired,
         CloseCode::RateLimited,
         CloseCode::Unauthorized,
         CloseCode::BadProtocol,
@@ -86,6 +90,7 @@ impl CloseCode {
             CloseCode::TryAgainLater => "node full, try again later",
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::TokenExpired => "token expired",
             CloseCode::RateLimited => "rate limited",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::BadProtocol => "bad protocol",
@@ -116,6 +121,7 @@ impl CloseCode {
             CloseCode::TryAgainLater => "1013",
             CloseCode::HeartbeatTimeout => "4000",
             CloseCode::SlowConsumer => "4008",
+            CloseCode::TokenExpired => "4010",
             CloseCode::RateLimited => "4029",
             CloseCode::Unauthorized => "4501",
             CloseCode::BadProtocol => "4502",
@@ -132,6 +138,7 @@ mod tests {
         for c in [
             CloseCode::HeartbeatTimeout,
             CloseCode::SlowConsumer,
+            CloseCode::TokenExpired,
             CloseCode::RateLimited,
         ] {
             assert!((4000..4500).contains(&c.code()) && c.reconnect_allowed());

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     Unavailable = 111,
     /// 112: too many requests.
     RateLimited = 112,
+    /// 113: the connection's token has expired: get a fresh one and `refresh` (or reconnect).
+    TokenExpired = 113,
 }
 
 impl ErrorCode {
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 
@@ -75,6 +78,7 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => 409,
             ErrorCode::Unavailable => 503,
             ErrorCode::RateLimited => 429,
+            ErrorCode::TokenExpired => 401,
         }
     }
 }

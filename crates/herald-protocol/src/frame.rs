@@ -21,6 +21,20 @@ pub const MAX_HISTORY_LIMIT: usize = 10_000;
 /// A request from a client, checked.
 #[derive(Debug, Clone)]
 pub enum ClientFrame<'a> {
+    /// Authenticate a WebSocket (the first frame, when the upgrade carried no token).
+    Connect {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The connection token (JWT).
+        token: Cow<'a, str>,
+    },
+    /// Extend the connection's session with a fresh token (same user).
+    Refresh {
+        /// Request id to echo.
+        id: Option<u64>,
+        /// The new connection token (JWT).
+        token: Cow<'a, str>,
+    },
     /// Subscribe to a channel, optionally resuming after `since`.
     Subscribe {
         /// Request id to echo.
@@ -29,6 +43,8 @@ pub enum ClientFrame<'a> {
         channel: Cow<'a, str>,
         /// Resume point.
         since: Option<StreamPosition>,
+        /// A channel token, for namespaces that need one.
+        token: Option<Cow<'a, str>>,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -54,6 +70,8 @@ pub enum ClientFrame<'a> {
         id: Option<u64>,
         /// The channel (owned only when the client escaped characters in it, e.g. `\/`).
         channel: Cow<'a, str>,
+        /// A channel token, where subscribing would need one.
+        token: Option<Cow<'a, str>>,
     },
     /// Read a channel's history.
     History {
@@ -65,6 +83,8 @@ pub enum ClientFrame<'a> {
         since: Option<StreamPosition>,
         /// At most this many messages.
         limit: Option<usize>,
+        /// A channel token, where subscribing would need one.
+        token: Option<Cow<'a, str>>,
     },
     /// Application-level ping (browsers cannot send protocol pings).
     Ping {
@@ -90,6 +110,8 @@ struct RawFrame<'a> {
     limit: Option<usize>,
     #[serde(default)]
     skip_self: Option<bool>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// A request id that could be read from a frame that was otherwise bad, so the error can echo it.
@@ -126,11 +148,26 @@ impl<'a> ClientFrame<'a> {
             }
             None => None,
         };
+        let token = raw.token;
+        let required_token = |token: Option<Cow<'a, str>>| {
+            token
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| ProtocolError::BadRequest("missing field `token`".into()))
+        };
         Ok(match op.as_ref() {
+            "connect" => ClientFrame::Connect {
+                id,
+                token: required_token(token)?,
+            },
+            "refresh" => ClientFrame::Refresh {
+                id,
+                token: required_token(token)?,
+            },
             "subscribe" => ClientFrame::Subscribe {
                 id,
                 channel: channel()?,
                 since,
+                token,
             },
             "unsubscribe" => ClientFrame::Unsubscribe {
                 id,
@@ -147,6 +184,7 @@ impl<'a> ClientFrame<'a> {
             "presence" => ClientFrame::Presence {
                 id,
                 channel: channel()?,
+                token,
             },
             "history" => {
                 if let Some(limit) = raw.limit {
@@ -161,6 +199,7 @@ impl<'a> ClientFrame<'a> {
                     channel: channel()?,
                     since,
                     limit: raw.limit,
+                    token,
                 }
             }
             "ping" => ClientFrame::Ping { id },
@@ -188,6 +227,9 @@ pub struct MessageFrame<'a> {
     /// The publishing client, when a client published it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
+    /// The publishing client's user, set by the server, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
 }
 
 /// Encodes a message frame (see [`MessageFrame`]).
@@ -213,6 +255,7 @@ pub fn encode_publication(
     ts: u64,
     data: MessageData<'_>,
     from: Option<&str>,
+    user: Option<&str>,
 ) -> String {
     let marker;
     let data: &RawValue = match data {
@@ -230,6 +273,7 @@ pub fn encode_publication(
         ts,
         data,
         from,
+        user,
     })
 }
 
@@ -379,10 +423,17 @@ pub fn binary_marker(bytes: &[u8]) -> String {
     out
 }
 
-/// The first frame on a WebSocket.
-pub fn encode_welcome(client: &str, node: &str, ping_interval_secs: u64) -> String {
-    serde_json::json!({"op": "welcome", "client": client, "node": node, "ping_interval": ping_interval_secs})
-        .to_string()
+/// The first frame on a WebSocket: the client id, the node, the heartbeat interval and the
+/// connection's user (`""` when anonymous).
+pub fn encode_welcome(client: &str, node: &str, ping_interval_secs: u64, user: &str) -> String {
+    serde_json::json!({"op": "welcome", "client": client, "node": node,
+        "ping_interval": ping_interval_secs, "user": user})
+    .to_string()
+}
+
+/// The reply to a `refresh`: the session now lasts until `exp` (Unix seconds; `null`: no end).
+pub fn encode_refreshed(id: Option<u64>, exp: Option<u64>) -> String {
+    serde_json::json!({"op": "refreshed", "id": id, "exp": exp}).to_string()
 }
 
 /// The reply to a subscribe.
@@ -428,13 +479,19 @@ pub struct PresenceEntry {
     pub user: String,
     /// The node the client is connected to.
     pub node: String,
+    /// What the user's token says about them (`info` claim), when it says anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// A join or leave event.
 pub fn encode_join_leave(join: bool, channel: &str, entry: &PresenceEntry) -> String {
-    serde_json::json!({"op": if join {"join"} else {"leave"}, "channel": channel,
-        "client": entry.client, "user": entry.user, "node": entry.node})
-    .to_string()
+    let mut frame = serde_json::json!({"op": if join {"join"} else {"leave"}, "channel": channel,
+        "client": entry.client, "user": entry.user, "node": entry.node});
+    if let Some(info) = &entry.info {
+        frame["info"] = info.clone();
+    }
+    frame.to_string()
 }
 
 /// The reply to a presence request.
@@ -469,7 +526,9 @@ mod tests {
         )
         .unwrap();
         match f {
-            ClientFrame::Subscribe { id, channel, since } => {
+            ClientFrame::Subscribe {
+                id, channel, since, ..
+            } => {
                 assert_eq!((id, &*channel), (Some(1), "chat:a"));
                 assert_eq!(
                     since,
@@ -515,6 +574,41 @@ mod tests {
             ClientFrame::Subscribe { channel, .. } => assert_eq!(channel, "chat/ab"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn connect_refresh_and_channel_tokens_parse() {
+        match ClientFrame::parse(r#"{"op":"connect","token":"t.k.n"}"#).unwrap() {
+            ClientFrame::Connect { token, id: None } => assert_eq!(token, "t.k.n"),
+            other => panic!("{other:?}"),
+        }
+        match ClientFrame::parse(r#"{"op":"refresh","token":"x","id":3}"#).unwrap() {
+            ClientFrame::Refresh { token, id } => assert_eq!((&*token, id), ("x", Some(3))),
+            other => panic!("{other:?}"),
+        }
+        for text in [r#"{"op":"connect"}"#, r#"{"op":"refresh","token":""}"#] {
+            let err = ClientFrame::parse(text).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{text}");
+        }
+        match ClientFrame::parse(r#"{"op":"subscribe","channel":"p:x","token":"ct"}"#).unwrap() {
+            ClientFrame::Subscribe { token, .. } => assert_eq!(token.as_deref(), Some("ct")),
+            other => panic!("{other:?}"),
+        }
+        match ClientFrame::parse(r#"{"op":"history","channel":"dm:#a,b","token":"ct"}"#).unwrap() {
+            ClientFrame::History { channel, token, .. } => {
+                assert_eq!((&*channel, token.as_deref()), ("dm:#a,b", Some("ct")))
+            }
+            other => panic!("{other:?}"),
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&encode_refreshed(Some(3), Some(9))).unwrap();
+        assert_eq!(
+            (&v["op"], &v["exp"]),
+            (&serde_json::json!("refreshed"), &serde_json::json!(9))
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&encode_welcome("c", "n", 25, "ann")).unwrap();
+        assert_eq!(v["user"], "ann");
     }
 
     #[test]
@@ -567,14 +661,15 @@ mod tests {
             ts: 9,
             data: &data,
             from: Some("cl"),
+            user: Some("alice"),
         });
         assert_eq!(
             s,
-            r#"{"op":"message","channel":"c","epoch":"e","offset":3,"ts":9,"data":{"a": 1},"from":"cl"}"#
+            r#"{"op":"message","channel":"c","epoch":"e","offset":3,"ts":9,"data":{"a": 1},"from":"cl","user":"alice"}"#
         );
         assert_eq!(binary_marker(&[0, 255]), r#"{"$binary":"AP8="}"#);
         assert_eq!(
-            encode_publication("c", "e", 3, 9, MessageData::Binary(&[0, 255]), None),
+            encode_publication("c", "e", 3, 9, MessageData::Binary(&[0, 255]), None, None),
             r#"{"op":"message","channel":"c","epoch":"e","offset":3,"ts":9,"data":{"$binary":"AP8="}}"#
         );
     }

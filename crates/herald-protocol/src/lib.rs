@@ -25,7 +25,7 @@ pub mod error;
 pub mod frame;
 pub mod sse;
 
-pub use channel::{namespace_of, validate_channel, MAX_CHANNEL_LEN};
+pub use channel::{allowed_users, namespace_of, validate_channel, MAX_CHANNEL_LEN};
 pub use close::CloseCode;
 pub use cursor::{Cursor, StreamPosition};
 pub use error::{ErrorCode, ProtocolError};

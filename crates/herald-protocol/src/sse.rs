@@ -59,10 +59,16 @@ pub fn put_retry(buf: &mut BytesMut, millis: u64) {
     buf.put_u8(b'\n');
 }
 
-/// The data of the `welcome` event.
-pub fn encode_welcome<S: AsRef<str>>(client: &str, node: &str, channels: &[S]) -> String {
+/// The data of the `welcome` event (`user` is `""` when anonymous).
+pub fn encode_welcome<S: AsRef<str>>(
+    client: &str,
+    node: &str,
+    channels: &[S],
+    user: &str,
+) -> String {
     let channels: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
-    serde_json::json!({"client": client, "node": node, "channels": channels}).to_string()
+    serde_json::json!({"client": client, "node": node, "channels": channels, "user": user})
+        .to_string()
 }
 
 /// The data of a `subscribed` event.

@@ -5,15 +5,15 @@
 //! plus about 30 bytes, and a JSON payload is copied once and validated once per receiving node.
 //!
 //! ```text
-//! publication  p|<epoch>|<offset>|<ts ms>|<flags><from len>:<from><payload>
+//! publication  p|<epoch>|<offset>|<ts ms>|<flags><from len>:<from><user len>:<user><payload>
 //! join         j<presence entry json>
 //! leave        l<presence entry json>
 //! broadcast    b<flags><payload>
 //! probe        q<nonce>
 //! ```
 //!
-//! `flags` is one ASCII digit: bit 0 = binary payload, bit 1 = `skip_self`. `from len` is
-//! decimal (0 = no publishing client). The publish script writes the publication header itself
+//! `flags` is one ASCII digit: bit 0 = binary payload, bit 1 = `skip_self`. `from len` and
+//! `user len` are decimal (0 = no publishing client / no authenticated user). The publish script writes the publication header itself
 //! (only it knows the epoch, offset and time) in front of the tail [`publication_tail`] makes,
 //! and stores the very same bytes as the history entry, so live and recovered messages are
 //! decoded by one function.
@@ -67,17 +67,50 @@ fn decode_payload(binary: bool, bytes: &[u8]) -> Result<Payload, CodecError> {
         .map_err(|_| CodecError("json payload is not valid json"))
 }
 
-/// The part of a publication the publisher knows: flags, sender and payload.
-pub(crate) fn publication_tail(from: Option<&str>, skip_self: bool, payload: &Payload) -> Vec<u8> {
+/// The part of a publication the publisher knows: flags, sender, its user and payload.
+pub(crate) fn publication_tail(
+    from: Option<&str>,
+    user: Option<&str>,
+    skip_self: bool,
+    payload: &Payload,
+) -> Vec<u8> {
     let from = from.unwrap_or("");
+    let user = user.unwrap_or("");
     let body = payload_bytes(payload);
-    let mut out = Vec::with_capacity(body.len() + from.len() + 8);
+    let mut out = Vec::with_capacity(body.len() + from.len() + user.len() + 12);
     out.push(flags(payload, skip_self));
-    out.extend_from_slice(from.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(from.as_bytes());
+    for field in [from, user] {
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field.as_bytes());
+    }
     out.extend_from_slice(body);
     out
+}
+
+/// Reads `<len>:<text>` from the front of `bytes`; empty text is `None`.
+fn sized_text<'a>(
+    bytes: &'a [u8],
+    what: &'static str,
+) -> Result<(Option<Arc<str>>, &'a [u8]), CodecError> {
+    let colon = bytes
+        .iter()
+        .take(8)
+        .position(|b| *b == b':')
+        .ok_or(CodecError(what))?;
+    let len = number(&bytes[..colon])? as usize;
+    let rest = &bytes[colon + 1..];
+    if rest.len() < len {
+        return Err(CodecError(what));
+    }
+    let (text, rest) = rest.split_at(len);
+    let text = match len {
+        0 => None,
+        _ => Some(Arc::from(
+            std::str::from_utf8(text).map_err(|_| CodecError(what))?,
+        )),
+    };
+    Ok((text, rest))
 }
 
 /// Splits `bytes` at the first `|`.
@@ -112,22 +145,8 @@ pub(crate) fn decode_publication(
         .checked_sub(b'0')
         .filter(|f| *f <= FLAG_BINARY | FLAG_SKIP_SELF)
         .ok_or(CodecError("bad flags"))?;
-    let colon = rest
-        .iter()
-        .position(|b| *b == b':')
-        .ok_or(CodecError("no sender length"))?;
-    let from_len = number(&rest[..colon])? as usize;
-    let rest = &rest[colon + 1..];
-    if rest.len() < from_len {
-        return Err(CodecError("sender is cut short"));
-    }
-    let (from, body) = rest.split_at(from_len);
-    let from = match from_len {
-        0 => None,
-        _ => Some(Arc::from(
-            std::str::from_utf8(from).map_err(|_| CodecError("sender is not utf-8"))?,
-        )),
-    };
+    let (from, rest) = sized_text(rest, "bad sender")?;
+    let (user, body) = sized_text(rest, "bad user")?;
     let epoch = std::str::from_utf8(epoch).map_err(|_| CodecError("epoch is not utf-8"))?;
     Ok(Publication {
         channel: channel.clone(),
@@ -136,6 +155,7 @@ pub(crate) fn decode_publication(
         ts_ms: number(ts)?,
         payload: decode_payload(flag & FLAG_BINARY != 0, body)?,
         from,
+        user,
         skip_self: flag & FLAG_SKIP_SELF != 0,
     })
 }
@@ -217,13 +237,14 @@ mod tests {
     fn publication_round_trips_json_and_binary() {
         let ch: Arc<str> = Arc::from("chat:lobby");
         let json = Payload::Json(RawValue::from_string(r#"{"a":"|:x"}"#.into()).unwrap());
-        let tail = publication_tail(Some("client-1"), true, &json);
+        let tail = publication_tail(Some("client-1"), Some("alice:1"), true, &json);
         let p = decode_publication(&ch, &scripted("ep0", 17, 1_700_000_000_123, &tail)).unwrap();
         assert_eq!(
             (&*p.epoch, p.offset, p.ts_ms),
             ("ep0", 17, 1_700_000_000_123)
         );
         assert_eq!(p.from.as_deref(), Some("client-1"));
+        assert_eq!(p.user.as_deref(), Some("alice:1"));
         assert!(p.skip_self);
         match p.payload {
             Payload::Json(raw) => assert_eq!(raw.get(), r#"{"a":"|:x"}"#),
@@ -231,9 +252,10 @@ mod tests {
         }
 
         let bin: Vec<u8> = (0..=255u8).chain([b'|', b':', 0, b'p']).collect();
-        let tail = publication_tail(None, false, &Payload::Binary(Bytes::from(bin.clone())));
+        let payload = Payload::Binary(Bytes::from(bin.clone()));
+        let tail = publication_tail(None, None, false, &payload);
         let p = decode_publication(&ch, &scripted("e", 1, 2, &tail)).unwrap();
-        assert!(p.from.is_none() && !p.skip_self);
+        assert!(p.from.is_none() && p.user.is_none() && !p.skip_self);
         match p.payload {
             Payload::Binary(b) => assert_eq!(&b[..], &bin[..]),
             _ => panic!("binary expected"),
@@ -267,6 +289,7 @@ mod tests {
             client: "c1".into(),
             user: "u|1".into(),
             node: "n".into(),
+            info: Some(serde_json::json!({"name": "Ü|1"})),
         };
         match decode_channel_message(&ch, &encode_presence_event(false, &entry)).unwrap() {
             BrokerEvent::Leave { entry: e, .. } => assert_eq!(e, entry),

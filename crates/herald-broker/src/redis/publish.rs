@@ -13,8 +13,12 @@ impl RedisBroker {
     ) -> Result<StreamPosition, BrokerError> {
         self.ensure_connected()?;
         let channel = &*request.channel;
-        let tail =
-            codec::publication_tail(request.from.as_deref(), request.skip_self, &request.payload);
+        let tail = codec::publication_tail(
+            request.from.as_deref(),
+            request.user.as_deref(),
+            request.skip_self,
+            &request.payload,
+        );
         let history = request.history;
         let keep = if history.ttl.is_zero() {
             0

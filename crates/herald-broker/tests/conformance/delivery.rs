@@ -67,6 +67,7 @@ pub(crate) async fn publications_arrive_as_published(cluster: &impl Cluster) {
     let bytes: Vec<u8> = (0..=255u8).rev().chain(*b"|p|:\r\n\0").collect();
     a.publish(PublishRequest {
         from: Some("client-7".into()),
+        user: Some("alice".into()),
         skip_self: true,
         ..request("bin", Payload::Binary(Bytes::from(bytes.clone())), keep(10))
     })
@@ -93,6 +94,7 @@ pub(crate) async fn publications_arrive_as_published(cluster: &impl Cluster) {
             other => panic!("binary expected, got {other:?}"),
         }
         assert_eq!(first.from.as_deref(), Some("client-7"));
+        assert_eq!(first.user.as_deref(), Some("alice"));
         assert!(first.skip_self);
         assert_eq!(json_of(&second.payload), text, "json bytes unchanged");
         assert_eq!(second.from, None);

@@ -195,6 +195,7 @@ pub(crate) fn request(channel: &str, payload: Payload, history: HistoryOptions) 
         channel: channel.into(),
         payload,
         from: None,
+        user: None,
         skip_self: false,
         history,
     }
@@ -222,6 +223,8 @@ pub(crate) fn entry(client: &str, node: &str) -> PresenceEntry {
         client: client.into(),
         user: format!("user-{client}"),
         node: node.into(),
+        // Carried as given, across nodes and through Redis.
+        info: Some(serde_json::json!({"name": client, "n": [1, 2.5]})),
     }
 }
 

@@ -91,6 +91,7 @@ pub(crate) fn request(channel: &str, payload: Payload, size: usize) -> PublishRe
         channel: channel.into(),
         payload,
         from: None,
+        user: None,
         skip_self: false,
         history: history(size),
     }
@@ -138,6 +139,7 @@ pub(crate) fn entry(client: &str, node: &str) -> PresenceEntry {
         client: client.into(),
         user: format!("user-{client}"),
         node: node.into(),
+        info: None,
     }
 }
 

@@ -6,3 +6,11 @@ pub(crate) mod poll;
 pub(crate) mod request;
 pub(crate) mod sse;
 pub(crate) mod ws;
+
+/// Sleeps until `deadline`, or forever without one (a `select!` arm for a session's end).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

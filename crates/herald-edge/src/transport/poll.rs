@@ -7,10 +7,11 @@
 //! may land on any edge; no sticky session is needed. The reply body is encoded by
 //! [`herald_protocol::frame::encode_poll_reply`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::Cursor;
@@ -31,13 +32,15 @@ const DEFAULT_TIMEOUT_SECS: u64 = 25;
 /// `GET /poll`.
 pub(crate) async fn handler(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     // One span per poll; `client` and `transport` (poll or longpoll) are recorded once known.
     let span = tracing::info_span!("conn", client = tracing::field::Empty,
         transport = tracing::field::Empty, node = %node.config.node_id);
-    match tracing::Instrument::instrument(poll(node.clone(), query, headers), span).await {
+    let polled = poll(node.clone(), query, headers, peer);
+    match tracing::Instrument::instrument(polled, span).await {
         Ok(r) => r,
         Err(e) => {
             request::refused(&node, &e);
@@ -98,17 +101,22 @@ async fn poll(
     node: Arc<Node>,
     query: Option<String>,
     headers: HeaderMap,
+    peer: SocketAddr,
 ) -> Result<Response, EdgeError> {
-    let mut req = request::read(&node, query.as_deref(), &headers)?;
+    let mut req = request::read(&node, query.as_deref(), &headers, Some(peer))?;
     let timeout = read_timeout(&node, req.timeout.as_deref())?;
     let transport = if timeout == 0 {
         Transport::Poll
     } else {
         Transport::LongPoll
     };
+    let client = node.new_client_id();
+    let identity = request::identify(&node, &mut req, &client, transport).await?;
     let options = ConnectionOptions {
         transport,
-        user: std::mem::take(&mut req.user),
+        client,
+        identity,
+        context: std::mem::take(&mut req.context),
         presence: false,
     };
     let mut conn = Connection::open(&node, options)?;
@@ -120,9 +128,9 @@ async fn poll(
         cursor: Cursor::new(),
         recovered: true,
     };
-    for channel in &req.channels {
+    let all = conn.subscribe_all(&req.stream_channels()).await?;
+    for (channel, subscribed) in req.channels.iter().zip(all) {
         let since = req.cursor.as_ref().and_then(|c| c.get(channel));
-        let subscribed = conn.subscribe(channel, since).await?;
         reply.recovered &= subscribed.recovered;
         reply.cursor.set(channel, subscribed.position.clone());
         if let Some(since) = since {

@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -34,6 +35,7 @@ const RETRY_MS: u64 = 2000;
 /// `GET /sse`.
 pub(crate) async fn handler(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -41,7 +43,8 @@ pub(crate) async fn handler(
     // stream keeps the span for the life of the response body.
     let span = tracing::info_span!("conn", client = tracing::field::Empty, transport = "sse",
         node = %node.config.node_id);
-    match tracing::Instrument::instrument(open(node.clone(), query, headers), span).await {
+    let opened = open(node.clone(), query, headers, peer);
+    match tracing::Instrument::instrument(opened, span).await {
         Ok(r) => r,
         Err(e) => {
             request::refused(&node, &e);
@@ -54,8 +57,9 @@ async fn open(
     node: Arc<Node>,
     query: Option<String>,
     headers: HeaderMap,
+    peer: SocketAddr,
 ) -> Result<Response, EdgeError> {
-    let mut req = request::read(&node, query.as_deref(), &headers)?;
+    let mut req = request::read(&node, query.as_deref(), &headers, Some(peer))?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().map_err(|_| {
             EdgeError::from(herald_protocol::ProtocolError::BadCursor(
@@ -66,9 +70,13 @@ async fn open(
             req.cursor = Some(Cursor::decode(text)?);
         }
     }
+    let client = node.new_client_id();
+    let identity = request::identify(&node, &mut req, &client, Transport::Sse).await?;
     let options = ConnectionOptions {
         transport: Transport::Sse,
-        user: std::mem::take(&mut req.user),
+        client,
+        identity,
+        context: std::mem::take(&mut req.context),
         presence: true,
     };
     let conn = Connection::open(&node, options)?;
@@ -122,11 +130,15 @@ impl SseStream {
         let mut buf = BytesMut::new();
         sse::put_retry(&mut buf, RETRY_MS);
         let node = self.conn.node().clone();
-        let welcome = sse::encode_welcome(self.conn.client(), &node.config.node_id, &req.channels);
+        let welcome = sse::encode_welcome(
+            self.conn.client(),
+            &node.config.node_id,
+            &req.channels,
+            &self.conn.identity().user,
+        );
         sse::put_event(&mut buf, Some(sse::WELCOME), None, welcome.as_bytes());
-        for channel in &req.channels {
-            let since = req.cursor.as_ref().and_then(|c| c.get(channel));
-            let subscribed = self.conn.subscribe(channel, since).await?;
+        let all = self.conn.subscribe_all(&req.stream_channels()).await?;
+        for (channel, subscribed) in req.channels.iter().zip(all) {
             self.cursor.set(channel, subscribed.position.clone());
             for d in &subscribed.publications {
                 let p = &d.publication;
@@ -153,14 +165,15 @@ impl SseStream {
         }
         let mut buf = BytesMut::new();
         let closing = self.conn.closing();
+        let deadline = self.conn.deadline();
         tokio::select! {
             biased;
             _ = closing.cancelled() => {
                 let code = self.conn.close_code();
-                self.conn.node().metrics.disconnect(code);
-                let data = sse::encode_close(code);
-                sse::put_event(&mut buf, Some(sse::CLOSE), None, data.as_bytes());
-                self.done = true;
+                self.close(code, &mut buf);
+            }
+            _ = crate::transport::sleep_until(deadline) => {
+                self.close(herald_protocol::CloseCode::TokenExpired, &mut buf);
             }
             item = self.conn.recv() => {
                 let mut next = Some(item?);
@@ -183,6 +196,14 @@ impl SseStream {
         }
         self.conn.count_bytes_out(buf.len());
         Some(buf.freeze())
+    }
+
+    /// Writes the `close` event; the stream ends after it.
+    fn close(&mut self, code: herald_protocol::CloseCode, buf: &mut BytesMut) {
+        self.conn.node().metrics.disconnect(code);
+        let data = sse::encode_close(code);
+        sse::put_event(buf, Some(sse::CLOSE), None, data.as_bytes());
+        self.done = true;
     }
 
     fn write_event(&mut self, event: Event, buf: &mut BytesMut) {

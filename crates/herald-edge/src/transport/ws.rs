@@ -8,11 +8,12 @@
 //! flushed once per wake-up) and the heartbeat timer. Every check and every piece of state is
 //! the connection core's; this module only reads and writes frames.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -31,9 +32,9 @@ use tokio_tungstenite::WebSocketStream;
 use crate::connection::{Connection, ConnectionOptions, Event};
 use crate::error::EdgeError;
 use crate::hub::{Delivery, Outbound};
+use crate::identity::{self, IdentifyRequest, Identity, RequestContext};
 use crate::metrics::Transport;
-use crate::node::Node;
-use crate::transport::request::sanitize_user;
+use crate::node::{ConnectionSlot, Node};
 
 /// Most queued items written per wake-up before yielding to reads and timers.
 const BATCH: usize = 64;
@@ -41,15 +42,28 @@ const BATCH: usize = 64;
 /// Query parameters of `/ws`.
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct WsParams {
-    /// Display name shown in presence (not authenticated).
+    /// Display name shown in presence (not authenticated; only without an identity source).
     user: Option<String>,
+    /// The connection token, for clients that cannot set a header.
+    token: Option<String>,
 }
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// `GET /ws`: checks the handshake, answers 101 and spawns the session.
+/// What the upgrade decided before the socket exists.
+enum Admission {
+    /// Refused: close with this code at once.
+    Refused(CloseCode),
+    /// Admitted and identified.
+    Ready(Box<ConnectionOptions>, ConnectionSlot),
+    /// Admitted; the identity comes in a first `connect` frame within `auth_timeout_secs`.
+    AwaitConnect(Box<ConnectionOptions>, ConnectionSlot),
+}
+
+/// `GET /ws`: checks the handshake, admits and identifies, answers 101 and spawns the session.
 pub(crate) async fn upgrade(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<WsParams>,
     mut req: Request<Body>,
 ) -> Response {
@@ -77,26 +91,12 @@ pub(crate) async fn upgrade(
         return EdgeError::http(StatusCode::BAD_REQUEST, "unsupported WebSocket version")
             .into_response();
     }
-    let user = match sanitize_user(params.user) {
-        Ok(u) => u,
-        Err(e) => return e.into_response(),
-    };
-    // Refusals after the handshake carry a close code a browser can read.
-    let opened = if !node.origin_allowed(headers) {
-        Err(CloseCode::Policy)
-    } else {
-        let options = ConnectionOptions {
-            transport: Transport::Ws,
-            user,
-            presence: true,
-        };
-        Connection::open(&node, options).map_err(|_| {
-            if node.is_draining() {
-                CloseCode::Restart
-            } else {
-                CloseCode::TryAgainLater
-            }
-        })
+    // Refusals after the handshake carry a close code a browser can read; a malformed request
+    // (a bad display name) is an HTTP error.
+    let admission = match admit(&node, params, headers, peer).await {
+        Ok(a) => a,
+        Err(e @ EdgeError::Http { .. }) => return e.into_response(),
+        Err(e) => Admission::Refused(e.close_code()),
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -113,8 +113,18 @@ pub(crate) async fn upgrade(
         let mut socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
+        let opened = match admission {
+            Admission::Ready(options, slot) => Ok((*options, slot)),
+            Admission::AwaitConnect(options, slot) => {
+                await_connect(&task_node, &mut socket, *options, slot).await
+            }
+            Admission::Refused(code) => Err(code),
+        };
         match opened {
-            Ok(conn) => run(socket, conn).await,
+            Ok((options, slot)) => {
+                let conn = Connection::open_admitted(&task_node, slot, options);
+                run(socket, conn).await
+            }
             Err(code) => {
                 task_node.metrics.disconnect(code);
                 let _ =
@@ -129,6 +139,99 @@ pub(crate) async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .expect("101 response")
+}
+
+/// The origin rule, a connection slot, and the identity when the upgrade carries one.
+async fn admit(
+    node: &Arc<Node>,
+    params: WsParams,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Admission, EdgeError> {
+    if !node.origin_allowed(headers) {
+        return Ok(Admission::Refused(CloseCode::Policy));
+    }
+    let slot = match node.admit(Transport::Ws) {
+        Ok(slot) => slot,
+        Err(_) if node.is_draining() => return Ok(Admission::Refused(CloseCode::Restart)),
+        Err(_) => return Ok(Admission::Refused(CloseCode::TryAgainLater)),
+    };
+    let token = identity::token_from(
+        headers,
+        params.token.as_deref(),
+        &node.config.auth.token_cookie,
+    );
+    let client = node.new_client_id();
+    let context = RequestContext::new(Some(peer.ip()), headers);
+    let has_proxy = node.proxy.as_ref().is_some_and(|p| p.has_connect());
+    if token.is_none() && !has_proxy && !node.config.auth.anonymous_allowed() {
+        let options = ConnectionOptions {
+            transport: Transport::Ws,
+            client,
+            identity: Identity::anonymous(String::new()),
+            context,
+            presence: true,
+        };
+        return Ok(Admission::AwaitConnect(Box::new(options), slot));
+    }
+    let identity = identity::identify(
+        node,
+        IdentifyRequest {
+            token: token.as_deref(),
+            display: params.user,
+            client: &client,
+            transport: Transport::Ws,
+            context: &context,
+        },
+    )
+    .await?;
+    let options = ConnectionOptions {
+        transport: Transport::Ws,
+        client,
+        identity,
+        context,
+        presence: true,
+    };
+    Ok(Admission::Ready(Box::new(options), slot))
+}
+
+/// Waits for the first frame, `{"op":"connect","token":…}`, within `auth_timeout_secs`; no
+/// other frame is accepted before it.
+async fn await_connect(
+    node: &Node,
+    socket: &mut Socket,
+    mut options: ConnectionOptions,
+    slot: ConnectionSlot,
+) -> Result<(ConnectionOptions, ConnectionSlot), CloseCode> {
+    let wait = Duration::from_secs(node.config.auth.auth_timeout_secs);
+    let first = loop {
+        match tokio::time::timeout(wait, socket.next()).await {
+            Err(_) => {
+                node.metrics.auth("missing");
+                return Err(CloseCode::Unauthorized);
+            }
+            Ok(Some(Ok(Message::Text(text)))) => break text,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(_) => {
+                node.metrics.auth("missing");
+                return Err(CloseCode::Unauthorized);
+            }
+        }
+    };
+    let token = match ClientFrame::parse(&first) {
+        Ok(ClientFrame::Connect { token, .. }) => token,
+        _ => {
+            node.metrics.auth("missing");
+            return Err(CloseCode::Unauthorized);
+        }
+    };
+    match identity::verify_connection_token(node, &token).await {
+        Ok(identity) => {
+            options.identity = identity;
+            Ok((options, slot))
+        }
+        Err(err) => Err(err.close_code()),
+    }
 }
 
 /// On shutdown, wait a random part of half the grace period so reconnects spread out.
@@ -232,18 +335,27 @@ impl Session {
             self.conn.client(),
             &config.node_id,
             config.limits.ping_interval_secs,
+            &self.conn.identity().user,
         );
         let interval = config.ping_interval();
         let timeout = Duration::from_secs(config.limits.ping_timeout_secs);
         if self.send_text(welcome).await.is_err() {
             return CloseCode::Normal;
         }
+        if let Err(flow) = self.subscribe_granted().await {
+            match flow {
+                Flow::Close(code) => return code,
+                _ => return CloseCode::Normal,
+            }
+        }
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         let closing = self.closing.clone();
         let outcome = loop {
+            let deadline = self.conn.deadline();
             let flow = tokio::select! {
                 biased;
                 _ = closing.cancelled() => Flow::Close(self.conn.close_code()),
+                _ = crate::transport::sleep_until(deadline) => Flow::Close(CloseCode::TokenExpired),
                 msg = self.socket.next() => self.on_inbound(msg).await,
                 item = self.conn.recv() => match item {
                     Some(item) => self.on_outbound(item).await,
@@ -269,6 +381,28 @@ impl Session {
             }
             None => CloseCode::Normal,
         }
+    }
+
+    /// Subscribes the channels the connection's token grants (`channels` claim), each
+    /// answered with a `subscribed` frame without an id.
+    async fn subscribe_granted(&mut self) -> Result<(), Flow> {
+        let granted = self.conn.identity().channels.clone();
+        for channel in granted {
+            let result = match self.conn.subscribe_granted(&channel, None).await {
+                Ok(subscribed) => self.write_subscribed(None, &channel, subscribed).await,
+                Err(err) => Err(SessionError::Edge(err)),
+            };
+            match result {
+                Ok(()) => {}
+                Err(SessionError::Gone) => return Err(Flow::Gone),
+                Err(SessionError::Edge(err)) => {
+                    if let Flow::Gone = self.reply_error(None, err).await {
+                        return Err(Flow::Gone);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn on_tick(&mut self) -> Flow {
@@ -327,9 +461,24 @@ impl Session {
             Err(err) => return self.reply_error(frame::salvage_id(text), err.into()).await,
         };
         let (id, result) = match request {
-            ClientFrame::Subscribe { id, channel, since } => {
-                (id, self.subscribe(id, &channel, since).await)
-            }
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                since,
+                token,
+            } => (
+                id,
+                self.subscribe(id, &channel, since, token.as_deref()).await,
+            ),
+            ClientFrame::Connect { id, .. } => (
+                id,
+                Err(SessionError::Edge(EdgeError::Protocol(
+                    herald_protocol::ProtocolError::BadRequest(
+                        "already connected: `connect` is only a first frame".into(),
+                    ),
+                ))),
+            ),
+            ClientFrame::Refresh { id, token } => (id, self.refresh(id, &token).await),
             ClientFrame::Unsubscribe { id, channel } => (id, self.unsubscribe(id, &channel).await),
             ClientFrame::Publish {
                 id,
@@ -340,13 +489,19 @@ impl Session {
                 let payload = Payload::Json(data.to_owned());
                 (id, self.publish(id, &channel, payload, skip_self).await)
             }
-            ClientFrame::Presence { id, channel } => (id, self.presence(id, &channel).await),
+            ClientFrame::Presence { id, channel, token } => {
+                (id, self.presence(id, &channel, token.as_deref()).await)
+            }
             ClientFrame::History {
                 id,
                 channel,
                 since,
                 limit,
-            } => (id, self.history(id, &channel, since, limit).await),
+                token,
+            } => {
+                let token = token.as_deref();
+                (id, self.history(id, &channel, since, limit, token).await)
+            }
             ClientFrame::Ping { id } => (id, self.send_text(frame::encode_pong(id)).await),
         };
         match result {
@@ -383,8 +538,23 @@ impl Session {
         id: Option<u64>,
         channel: &str,
         since: Option<herald_protocol::StreamPosition>,
+        token: Option<&str>,
     ) -> Result<(), SessionError> {
-        let subscribed = self.conn.subscribe(channel, since.as_ref()).await?;
+        let subscribed = self.conn.subscribe(channel, since.as_ref(), token).await?;
+        self.write_subscribed(id, channel, subscribed).await
+    }
+
+    async fn refresh(&mut self, id: Option<u64>, token: &str) -> Result<(), SessionError> {
+        let exp = self.conn.refresh(token).await?;
+        self.send_text(frame::encode_refreshed(id, exp)).await
+    }
+
+    async fn write_subscribed(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        subscribed: crate::connection::Subscribed,
+    ) -> Result<(), SessionError> {
         self.feed(Message::Text(Utf8Bytes::from(frame::encode_subscribed(
             id,
             channel,
@@ -417,8 +587,13 @@ impl Session {
             .await
     }
 
-    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result<(), SessionError> {
-        let clients = self.conn.presence(channel).await?;
+    async fn presence(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        token: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let clients = self.conn.presence(channel, token).await?;
         self.send_text(frame::encode_presence(id, channel, &clients))
             .await
     }
@@ -429,8 +604,9 @@ impl Session {
         channel: &str,
         since: Option<herald_protocol::StreamPosition>,
         limit: Option<usize>,
+        token: Option<&str>,
     ) -> Result<(), SessionError> {
-        let page = self.conn.history(channel, since, limit).await?;
+        let page = self.conn.history(channel, since, limit, token).await?;
         let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
         let reply = HistoryReply {
             channel,

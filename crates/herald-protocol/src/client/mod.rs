@@ -74,6 +74,7 @@ mod test_support {
             ts: 1_700_000_000_000,
             data: &data,
             from,
+            user: None,
         })
     }
 }

@@ -145,7 +145,9 @@ mod tests {
         let since = pos("e1", 17);
         let text = encode_subscribe(Some(1), "chat:a", Some(&since));
         match ClientFrame::parse(&text).unwrap() {
-            ClientFrame::Subscribe { id, channel, since } => {
+            ClientFrame::Subscribe {
+                id, channel, since, ..
+            } => {
                 assert_eq!((id, &*channel), (Some(1), "chat:a"));
                 assert_eq!(since, Some(pos("e1", 17)));
             }
@@ -154,7 +156,7 @@ mod tests {
         let text = encode_subscribe(None, "a/b", None);
         assert!(matches!(
             ClientFrame::parse(&text).unwrap(),
-            ClientFrame::Subscribe { id: None, since: None, channel } if channel == "a/b"
+            ClientFrame::Subscribe { id: None, since: None, channel, .. } if channel == "a/b"
         ));
 
         let text = encode_unsubscribe(Some(2), "c");
@@ -184,7 +186,7 @@ mod tests {
         let text = encode_presence_request(Some(4), "room");
         assert!(matches!(
             ClientFrame::parse(&text).unwrap(),
-            ClientFrame::Presence { id: Some(4), channel } if channel == "room"
+            ClientFrame::Presence { id: Some(4), channel, .. } if channel == "room"
         ));
 
         let text = encode_history_request(Some(5), "h", Some(&since), Some(10));
@@ -194,6 +196,7 @@ mod tests {
                 channel,
                 since,
                 limit,
+                ..
             } => {
                 assert_eq!((id, &*channel, limit), (Some(5), "h", Some(10)));
                 assert_eq!(since, Some(pos("e1", 17)));

@@ -107,6 +107,9 @@ pub struct PresenceMember<'a> {
     /// The node the client is connected to.
     #[serde(borrow)]
     pub node: Cow<'a, str>,
+    /// The `info` claim of the member's token, if any.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
 }
 
 impl PresenceMember<'_> {
@@ -116,6 +119,7 @@ impl PresenceMember<'_> {
             client: self.client.into_owned(),
             user: self.user.into_owned(),
             node: self.node.into_owned(),
+            info: self.info,
         }
     }
 }
@@ -256,6 +260,8 @@ struct RawServerFrame<'a> {
     #[serde(borrow, default)]
     user: Option<CowStr<'a>>,
     #[serde(default)]
+    info: Option<serde_json::Value>,
+    #[serde(default)]
     ping_interval: Option<u64>,
     #[serde(default)]
     code: Option<u16>,
@@ -300,6 +306,7 @@ impl<'a> ServerFrame<'a> {
             client,
             node,
             user,
+            info,
             ping_interval,
             code,
             name,
@@ -353,6 +360,7 @@ impl<'a> ServerFrame<'a> {
                     client: need_str(client, op, "client")?,
                     user: need_str(user, op, "user")?,
                     node: need_str(node, op, "node")?,
+                    info,
                 };
                 if op == "join" {
                     ServerFrame::Join { channel, member }
@@ -459,7 +467,7 @@ mod tests {
     #[test]
     fn every_server_frame_parses_to_its_type() {
         let p = pos("ep1", 9);
-        match ServerFrame::parse(&frame::encode_welcome("c1", "n1", 25)).unwrap() {
+        match ServerFrame::parse(&frame::encode_welcome("c1", "n1", 25, "")).unwrap() {
             ServerFrame::Welcome {
                 client,
                 node,
@@ -529,6 +537,7 @@ mod tests {
             client: "c1".into(),
             user: "ann".into(),
             node: "n1".into(),
+            info: Some(serde_json::json!({"name": "Ann"})),
         };
         for join in [true, false] {
             let text = frame::encode_join_leave(join, "room", &entry);
@@ -546,6 +555,7 @@ mod tests {
             client: "c2".into(),
             user: String::new(),
             node: "n2".into(),
+            info: None,
         };
         let all = [entry.clone(), other.clone()];
         match ServerFrame::parse(&frame::encode_presence(Some(5), "room", &all)).unwrap() {
