@@ -431,3 +431,49 @@ struct DevToken<'a> {
     token: &'a str,
     exp: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EdgeConfig;
+
+    fn node(api_key: Option<&str>) -> Arc<Node> {
+        let config = EdgeConfig {
+            api_key: api_key.map(str::to_owned),
+            ..EdgeConfig::default()
+        };
+        let broker = Arc::new(herald_broker::memory::MemoryBroker::new());
+        let verifier =
+            futures_util::FutureExt::now_or_never(crate::auth::Verifier::new(&config.auth))
+                .expect("no key to fetch")
+                .expect("verifier");
+        Node::new(
+            config,
+            broker,
+            Arc::new(crate::metrics::Metrics::new()),
+            verifier,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn without_a_key_the_api_answers_loopback_peers_only() {
+        let open = node(None);
+        let headers = HeaderMap::new();
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v6_loopback: SocketAddr = "[::1]:5000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        assert!(check_api_key(&open, &headers, loopback).is_ok());
+        assert!(check_api_key(&open, &headers, v6_loopback).is_ok());
+        assert!(matches!(
+            check_api_key(&open, &headers, remote),
+            Err(EdgeError::Unauthorized(_))
+        ));
+        // With a key, the key decides, wherever the caller is.
+        let keyed = node(Some("k1"));
+        let mut with_key = HeaderMap::new();
+        with_key.insert(header::AUTHORIZATION, "apikey k1".parse().unwrap());
+        assert!(check_api_key(&keyed, &with_key, remote).is_ok());
+        assert!(check_api_key(&keyed, &headers, loopback).is_err());
+    }
+}

@@ -494,3 +494,37 @@ async fn without_any_key_the_quick_start_stays_open() {
         "an unproven name is not a message's user: {m}"
     );
 }
+
+#[tokio::test]
+async fn a_users_presence_and_messages_cross_edges() {
+    let broker = std::sync::Arc::new(herald_broker::memory::MemoryBroker::new());
+    let node = |id: &str| {
+        let mut c = auth_config();
+        c.node_id = id.into();
+        c
+    };
+    let e1 = start_on(node("e1"), broker.clone()).await;
+    let e2 = start_on(node("e2"), broker.clone()).await;
+    let info = token_with(json!({"sub": "ann", "exp": now() + 600, "info": {"name": "Ann"}}));
+    let (mut ann, _) = ws_with(&e1, &format!("token={info}"), &[]).await.unwrap();
+    ann.subscribe("users:x").await;
+    let mut bob = ws_user(&e2, "bob").await;
+    bob.subscribe("users:x").await;
+    let r = bob
+        .request(json!({"op":"presence","channel":"users:x"}), 7)
+        .await;
+    let ann_entry = r["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["user"] == "ann")
+        .cloned()
+        .unwrap_or_else(|| panic!("ann is not in presence on e2: {r}"));
+    assert_eq!(
+        (&ann_entry["node"], &ann_entry["info"]),
+        (&json!("e1"), &json!({"name": "Ann"}))
+    );
+    ann.publish("users:x", json!("from e1")).await;
+    let m = bob.next_op("message").await;
+    assert_eq!((&m["data"], &m["user"]), (&json!("from e1"), &json!("ann")));
+}

@@ -16,7 +16,7 @@
 //! ```json
 //! {
 //!   "client": "<connection id>",
-//!   "transport": "websocket | sse | long_poll | short_poll",
+//!   "transport": "ws | sse | longpoll | poll | http",
 //!   "remote_addr": "203.0.113.7",
 //!   "user": "<user id>",
 //!   "headers": {"cookie": "session=…", "user-agent": "…"},
@@ -96,7 +96,6 @@ const FORWARDED_HEADERS: [&str; 7] = [
 /// Where the hooks are and how hard the edge may lean on them. Built by the caller from the
 /// edge config; a hook without a URL is off.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // constructed by the config wiring
 pub(crate) struct ProxyConfig {
     /// `POST`ed on every new connection; its answer names the user.
     pub(crate) connect_url: Option<String>,
@@ -126,7 +125,6 @@ impl Default for ProxyConfig {
 
 /// What the edge knows about the connection a hook asks about. Deliberately not `Debug`: it
 /// carries cookies and credentials, which must never reach a log.
-#[allow(dead_code)] // constructed by the connection core
 pub(crate) struct ProxyRequest<'a> {
     /// The connection id.
     pub(crate) client: &'a str,
@@ -145,7 +143,6 @@ pub(crate) struct ProxyRequest<'a> {
 
 /// The backend's yes to a connection.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the connection core
 pub(crate) struct ConnectReply {
     /// The user id, 1..=255 bytes.
     pub(crate) user: String,
@@ -172,7 +169,6 @@ pub(crate) enum ProxyError {
 
 impl ProxyError {
     /// The metric label of the outcome.
-    #[allow(dead_code)] // used by the metrics wiring
     pub(crate) fn result_label(&self) -> &'static str {
         match self {
             ProxyError::Denied(_) => "denied",
@@ -183,7 +179,6 @@ impl ProxyError {
 
 /// The forwarded subset of a client's request headers, in the allow-list's order, lower-case
 /// names; see the module docs. Never all headers.
-#[allow(dead_code)] // called by the transports' request prelude
 pub(crate) fn select_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut selected = Vec::new();
     for name in FORWARDED_HEADERS {
@@ -210,7 +205,6 @@ pub(crate) fn select_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 /// keeps at least half the budget, and a saturated backend is not sent requests that cannot
 /// finish in time.
 #[derive(Clone)]
-#[allow(dead_code)] // built by the node
 pub(crate) struct ProxyClient {
     inner: Arc<Inner>,
 }
@@ -228,7 +222,6 @@ struct Inner {
     concurrency: usize,
 }
 
-#[allow(dead_code)] // called by the node and the connection core
 impl ProxyClient {
     /// Checks the config (URLs must be absolute `http`/`https`, timeout and concurrency
     /// non-zero) and builds the client. The error names what is wrong, for config validation.

@@ -239,6 +239,14 @@ pub async fn sse(edge: &Edge, query: &str, last_event_id: Option<&str>) -> Sse {
 }
 
 impl Sse {
+    /// An SSE stream from a response the caller made (its own headers, cookies).
+    pub fn from_response(resp: reqwest::Response) -> Sse {
+        Sse {
+            resp,
+            buf: String::new(),
+        }
+    }
+
     /// The next event (comments are skipped); None when the stream ended.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
