@@ -7,7 +7,8 @@
 //! here first.
 //!
 //! * Requests: [`encode_subscribe`], [`encode_unsubscribe`], [`encode_publish`],
-//!   [`encode_presence_request`], [`encode_history_request`] and [`encode_ping`] write one
+//!   [`encode_presence_request`], [`encode_history_request`], [`encode_ping`], and for
+//!   identity [`encode_connect`], [`encode_refresh`] and [`encode_subscribe_with_token`] write one
 //!   WebSocket text frame each; [`PublishBody`] is the JSON body of `POST /publish` and
 //!   `POST /api/publish`. Payloads are `&RawValue` and are written as they are, never
 //!   re-encoded.
@@ -31,8 +32,8 @@ mod server;
 mod sse;
 
 pub use request::{
-    encode_history_request, encode_ping, encode_presence_request, encode_publish, encode_subscribe,
-    encode_unsubscribe, PublishBody,
+    encode_connect, encode_history_request, encode_ping, encode_presence_request, encode_publish,
+    encode_refresh, encode_subscribe, encode_subscribe_with_token, encode_unsubscribe, PublishBody,
 };
 pub use server::{Message, PollReply, PresenceMember, ServerFrame};
 pub use sse::{SseEvent, SseParser};

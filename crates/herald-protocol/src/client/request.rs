@@ -26,6 +26,8 @@ struct Request<'a> {
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "is_false")]
     skip_self: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -42,6 +44,7 @@ impl<'a> Request<'a> {
             limit: None,
             data: None,
             skip_self: false,
+            token: None,
         }
     }
 
@@ -55,6 +58,42 @@ pub fn encode_subscribe(id: Option<u64>, channel: &str, since: Option<&StreamPos
     Request {
         since,
         ..Request::new("subscribe", id, Some(channel))
+    }
+    .encode()
+}
+
+/// `{"op":"subscribe","token":…}`: subscribe with a channel token (namespaces whose
+/// `subscribe` rule is `token`).
+pub fn encode_subscribe_with_token(
+    id: Option<u64>,
+    channel: &str,
+    since: Option<&StreamPosition>,
+    token: &str,
+) -> String {
+    Request {
+        since,
+        token: Some(token),
+        ..Request::new("subscribe", id, Some(channel))
+    }
+    .encode()
+}
+
+/// `{"op":"connect","token":…}`: authenticate a WebSocket whose upgrade carried no token (the
+/// first frame; the `welcome` answers it).
+pub fn encode_connect(id: Option<u64>, token: &str) -> String {
+    Request {
+        token: Some(token),
+        ..Request::new("connect", id, None)
+    }
+    .encode()
+}
+
+/// `{"op":"refresh","token":…}`: extend the session with a fresh token of the same user (the
+/// server answers `refreshed` with the new `exp`).
+pub fn encode_refresh(id: Option<u64>, token: &str) -> String {
+    Request {
+        token: Some(token),
+        ..Request::new("refresh", id, None)
     }
     .encode()
 }
@@ -158,6 +197,20 @@ mod tests {
             ClientFrame::parse(&text).unwrap(),
             ClientFrame::Subscribe { id: None, since: None, channel, .. } if channel == "a/b"
         ));
+
+        let text = encode_subscribe_with_token(Some(6), "p:x", None, "ct");
+        match ClientFrame::parse(&text).unwrap() {
+            ClientFrame::Subscribe { token, .. } => assert_eq!(token.as_deref(), Some("ct")),
+            other => panic!("{other:?}"),
+        }
+        match ClientFrame::parse(&encode_connect(None, "jwt")).unwrap() {
+            ClientFrame::Connect { token, .. } => assert_eq!(token, "jwt"),
+            other => panic!("{other:?}"),
+        }
+        match ClientFrame::parse(&encode_refresh(Some(8), "jwt2")).unwrap() {
+            ClientFrame::Refresh { token, id } => assert_eq!((&*token, id), ("jwt2", Some(8))),
+            other => panic!("{other:?}"),
+        }
 
         let text = encode_unsubscribe(Some(2), "c");
         assert!(matches!(

@@ -72,6 +72,9 @@ pub struct Message<'a> {
     /// The publishing client, when a client published it.
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub from: Option<Cow<'a, str>>,
+    /// The publisher's authenticated user, set by the server.
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    pub user: Option<Cow<'a, str>>,
 }
 
 impl<'a> Message<'a> {
@@ -135,6 +138,15 @@ pub enum ServerFrame<'a> {
         node: Cow<'a, str>,
         /// Seconds between the server's pings.
         ping_interval: u64,
+        /// The connection's user (`""` when anonymous).
+        user: Cow<'a, str>,
+    },
+    /// The reply to a `refresh`.
+    Refreshed {
+        /// The request id.
+        id: Option<u64>,
+        /// When the session now ends (Unix seconds); `None`: never.
+        exp: Option<u64>,
     },
     /// The reply to a subscribe.
     Subscribed {
@@ -262,6 +274,8 @@ struct RawServerFrame<'a> {
     #[serde(default)]
     info: Option<serde_json::Value>,
     #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
     ping_interval: Option<u64>,
     #[serde(default)]
     code: Option<u16>,
@@ -307,6 +321,7 @@ impl<'a> ServerFrame<'a> {
             node,
             user,
             info,
+            exp,
             ping_interval,
             code,
             name,
@@ -324,6 +339,7 @@ impl<'a> ServerFrame<'a> {
                 ts: need(ts, op, "ts")?,
                 data: need(data, op, "data")?,
                 from: from.map(|s| s.0),
+                user: user.map(|s| s.0),
             }),
             "ack" => ServerFrame::Ack {
                 id,
@@ -335,7 +351,9 @@ impl<'a> ServerFrame<'a> {
                 client: need_str(client, op, "client")?,
                 node: need_str(node, op, "node")?,
                 ping_interval: need(ping_interval, op, "ping_interval")?,
+                user: user.map(|u| u.0).unwrap_or_default(),
             },
+            "refreshed" => ServerFrame::Refreshed { id, exp },
             "subscribed" => ServerFrame::Subscribed {
                 id,
                 channel: need_str(channel, op, "channel")?,
@@ -392,6 +410,7 @@ impl<'a> ServerFrame<'a> {
     pub fn op(&self) -> &'static str {
         match self {
             ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::Refreshed { .. } => "refreshed",
             ServerFrame::Subscribed { .. } => "subscribed",
             ServerFrame::Unsubscribed { .. } => "unsubscribed",
             ServerFrame::Ack { .. } => "ack",
@@ -467,12 +486,16 @@ mod tests {
     #[test]
     fn every_server_frame_parses_to_its_type() {
         let p = pos("ep1", 9);
-        match ServerFrame::parse(&frame::encode_welcome("c1", "n1", 25, "")).unwrap() {
+        match ServerFrame::parse(&frame::encode_welcome("c1", "n1", 25, "ann")).unwrap() {
             ServerFrame::Welcome {
                 client,
                 node,
                 ping_interval,
-            } => assert_eq!((&*client, &*node, ping_interval), ("c1", "n1", 25)),
+                user,
+            } => assert_eq!(
+                (&*client, &*node, ping_interval, &*user),
+                ("c1", "n1", 25, "ann")
+            ),
             other => panic!("{other:?}"),
         }
         for recovered in [false, true] {
@@ -531,6 +554,10 @@ mod tests {
                 assert_eq!(name, ErrorCode::InvalidChannel.name());
                 assert_eq!(message, "bad \"name\"");
             }
+            other => panic!("{other:?}"),
+        }
+        match ServerFrame::parse(&frame::encode_refreshed(Some(2), Some(99))).unwrap() {
+            ServerFrame::Refreshed { id, exp } => assert_eq!((id, exp), (Some(2), Some(99))),
             other => panic!("{other:?}"),
         }
         let entry = PresenceEntry {
