@@ -27,7 +27,17 @@
 #   HERALD_CLUSTER_REDIS_PORT [free]
 #   HERALD_CLUSTER_PROMETHEUS_PORT [9090]  HERALD_CLUSTER_PROMETHEUS=0 to run without Prometheus
 #   HERALD_CLUSTER_API_KEY [local-dev-key] the edges' --api-key ("" for none)
-#   HERALD_CLUSTER_CONFIG                  TOML file passed to every edge as --config
+#   HERALD_CLUSTER_AUTH [dev]              identity (docs/SECURITY.md):
+#       dev  every edge gets the HMAC secret HERALD_CLUSTER_JWT_SECRET (through the environment,
+#            never on the command line) and, unless HERALD_CLUSTER_CONFIG says otherwise,
+#            deploy/herald.toml, which turns on the DEVELOPMENT-ONLY token endpoint
+#            GET /dev/token?user=<id> the demo page uses. Clients need a token.
+#       off  no key and no default config: anonymous clients, every channel open (the behaviour
+#            before identity; benchmarks and load tests, whose clients carry no token)
+#   HERALD_CLUSTER_JWT_SECRET [random]     the edges' HMAC secret with HERALD_CLUSTER_AUTH=dev
+#                                          (generated at `up`, kept in cluster.env, mode 600)
+#   HERALD_CLUSTER_CONFIG [deploy/herald.toml with auth dev, none with off]
+#                                          TOML file passed to every edge as --config
 #   HERALD_CLUSTER_GRACE [5]               edges' --shutdown-grace, seconds
 #   HERALD_CLUSTER_LOG_FORMAT [text]       HERALD_CLUSTER_TIMEOUT [60] seconds to wait for readiness
 #   HERALD_CLUSTER_DIR [.run/cluster]      HERALD_BIN [target/release/herald]   RUST_LOG [info]
@@ -186,6 +196,16 @@ plan() {
   [[ ${#edge_ports[@]} == "$n" ]] || die "HERALD_CLUSTER_EDGE_PORTS needs $n ports"
   [[ ${#metrics_ports[@]} == "$n" ]] || die "HERALD_CLUSTER_METRICS_PORTS needs $n ports"
   local port="${HERALD_CLUSTER_PORT:-8080}" prom_port="${HERALD_CLUSTER_PROMETHEUS_PORT:-9090}"
+  local auth="${HERALD_CLUSTER_AUTH:-dev}" secret="" config
+  case "$auth" in
+    dev) secret="${HERALD_CLUSTER_JWT_SECRET:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')}"
+         config="${HERALD_CLUSTER_CONFIG-$ROOT/deploy/herald.toml}" ;;
+    off) config="${HERALD_CLUSTER_CONFIG:-}" ;;
+    *) die "HERALD_CLUSTER_AUTH must be dev or off, not '$auth'" ;;
+  esac
+  [[ -z "$config" ]] || config="$(realpath "$config")" || die "HERALD_CLUSTER_CONFIG: no such file"
+  [[ -z "$config" || -f "$config" ]] || die "HERALD_CLUSTER_CONFIG: $config is not a file"
+  rm -f "$RUN/cluster.env"; ( umask 077; : >"$RUN/cluster.env" )   # it holds the HMAC secret
   {
     echo "# written by deploy/cluster.sh up on $(date -Is)"
     printf 'HERALD_CLUSTER_DIR=%q\n' "$RUN"
@@ -199,6 +219,9 @@ plan() {
     echo "HERALD_CLUSTER_PROMETHEUS_URL=http://127.0.0.1:$prom_port"
     echo "HERALD_CLUSTER_WITH_PROMETHEUS=$WITH_PROM"
     printf 'HERALD_CLUSTER_API_KEY=%q\n' "${HERALD_CLUSTER_API_KEY-local-dev-key}"
+    echo "HERALD_CLUSTER_AUTH=$auth"
+    printf 'HERALD_CLUSTER_JWT_SECRET=%q\n' "$secret"
+    printf 'HERALD_CLUSTER_CONFIG=%q\n' "$config"
     printf 'HERALD_CLUSTER_EDGE_NAMES=%q\n' "$(edge_names | tr '\n' ' ' | sed 's/ $//')"
     local urls="" murls=""
     for ((i = 1; i <= n; i++)); do
@@ -237,9 +260,12 @@ start_edge() {
   local args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --node-id "$name"
               --redis-url "$HERALD_CLUSTER_REDIS_URL" --shutdown-grace "$GRACE" --log-format "$LOG_FORMAT")
   [[ -n "$HERALD_CLUSTER_API_KEY" ]] && args+=(--api-key "$HERALD_CLUSTER_API_KEY")
-  [[ -n "${HERALD_CLUSTER_CONFIG:-}" ]] && args+=(--config "$(realpath "$HERALD_CLUSTER_CONFIG")")
-  # Only what is passed explicitly configures the edges: drop any HERALD_* from the caller.
-  spawn "$name" env $(env | grep -o '^HERALD_[A-Z_]*' | grep -v '^HERALD_CLUSTER' | sed 's/^/-u /') \
+  [[ -n "${HERALD_CLUSTER_CONFIG:-}" ]] && args+=(--config "$HERALD_CLUSTER_CONFIG")
+  # Only what is passed explicitly configures the edges: drop any HERALD_* from the caller. The
+  # HMAC secret goes in through the environment (empty: no key), so that neither `ps` nor the
+  # start line written to the log shows it.
+  HERALD_JWT_SECRET="${HERALD_CLUSTER_JWT_SECRET:-}" \
+  spawn "$name" env $(env | grep -o '^HERALD_[A-Z_]*' | grep -v -e '^HERALD_CLUSTER' -e '^HERALD_JWT_SECRET$' | sed 's/^/-u /') \
     RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$HERALD_BIN" "${args[@]}"
 }
 
@@ -439,6 +465,6 @@ case "$cmd" in
       stop_procs TERM "$n"; start_one "$n"; say "$n ready"
     done ;;
   clean) cmd_down; rm -rf "$RUN"; say "removed $RUN" ;;
-  -h|--help|help|"") sed -n '2,34p' "$0" ;;
+  -h|--help|help|"") sed -n '2,44p' "$0" ;;
   *) die "unknown command '$cmd' (up|down|status|logs|env|stop|kill|start|restart|rolling-restart|clean)" ;;
 esac

@@ -81,6 +81,6 @@ DC="docker-compose -p $PROJECT -f $ROOT/docker-compose.yml"
   --prometheus "http://127.0.0.1:$HERALD_PROMETHEUS_PORT" \
   --api-key "$HERALD_API_KEY" --rules "$ROOT/deploy/herald-rules.yml" --rules "$ROOT/deploy/grafana/herald-dashboard.json" \
   --stop-cmd "$DC stop -t 30 {node}" --start-cmd "$DC start {node}" --drain-victim edge1 \
-  --kill-cmd "$DC kill {node}" --kill-victim edge2 \
+  --kill-cmd "$DC kill {node}" --kill-victim edge2 --auth dev \
   2>&1 | tee "$OUT/cluster_check.log"
 exit "${PIPESTATUS[0]}"

@@ -25,6 +25,7 @@ cargo build --release -p herald-edge -p herald-loadtest
 run "cargo tests" cargo test --workspace --no-fail-fast
 if [[ -x tests-deploy/native-test.sh ]]; then run "native cluster (nginx + 3 edges + redis + prometheus)" tests-deploy/native-test.sh; fi
 if [[ -f tests-browser/test_demo.py ]]; then run "browser demo (headless chromium)" python3 -m pytest -q tests-browser; fi
+if [[ -f tests-deploy/test_security_doc.py ]]; then run "docs/SECURITY.md examples sign real tokens" python3 -m pytest -q tests-deploy/test_security_doc.py; fi
 if [[ -x bench/smoke.sh ]]; then run "loadtest smoke" bench/smoke.sh; fi
 if [[ "${HERALD_SKIP_COMPOSE:-0}" != 1 && -x deploy/compose-test.sh ]] && docker info >/dev/null 2>&1; then
   run "docker compose cluster" deploy/compose-test.sh

@@ -5,7 +5,10 @@ plain processes on free loopback ports, in a state directory of its own (.run/br
 run-PID, where the logs stay); the module's finalizer always brings it down. Three browsers open the demo through nginx's URL in the
 same room: one over WebSocket (page A), one over SSE + POST (B), one over long-poll (C). They
 exchange messages; then the edge page A is on is killed (SIGKILL, and in a second test drained with
-SIGTERM) while B and the HTTP API (`POST /publish` through nginx) keep publishing. Page A still
+SIGTERM) while B and the HTTP API (`POST /publish` through nginx) keep publishing.
+The cluster runs with identity on (cluster.sh's default HERALD_CLUSTER_AUTH=dev: an HMAC secret
+and deploy/herald.toml with the development token endpoint): every page gets its connection token
+from `/dev/token` through nginx and must be welcomed as the user it asked the token for. Page A still
 holds the `herald_node` cookie naming the dead edge, so nginx must fail over to a backup; the page
 must reconnect to another edge, resume from its cursor (history lives in Redis, so with
 `recovered: true`), and end with every message, in order, with no gap, no duplicate and no
@@ -72,6 +75,9 @@ class Cluster:
             HERALD_CLUSTER_PROMETHEUS_PORT=str(free_port()),
             HERALD_CLUSTER_API_KEY=API_KEY,
             HERALD_CLUSTER_GRACE="3",
+            # Identity on, as for a developer: a random HMAC secret, deploy/herald.toml (the
+            # development token endpoint, chat rooms open to every signed-in user).
+            HERALD_CLUSTER_AUTH="dev",
         )
         if os.environ.get("HERALD_BIN"):
             env["HERALD_BIN"] = os.environ["HERALD_BIN"]
@@ -125,14 +131,29 @@ class Cluster:
                 total[outcome] = total.get(outcome, 0.0) + float(value)
         return total
 
-    def publish(self, channel: str, data: dict) -> dict:
-        """POST /publish through nginx with no cookie (least_conn picks the edge), retrying what
-        nginx could not deliver anywhere (502/503/504: nothing was published)."""
+    def dev_token(self, user: str) -> str:
+        """A connection token for `user` from the development endpoint, through nginx."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/dev/token?{urlencode({'user': user})}", timeout=10) as r:
+                    return json.loads(r.read())["token"]
+            except urllib.error.HTTPError as err:
+                if err.code not in (502, 503, 504) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    def publish(self, channel: str, data: dict, user: str = "api") -> dict:
+        """POST /publish through nginx with no cookie (least_conn picks the edge), as `user` (a
+        dev token; the chat namespace lets any signed-in user publish), retrying what nginx could
+        not deliver anywhere (502/503/504: nothing was published)."""
         body = json.dumps({"channel": channel, "data": data}).encode()
+        token = self.dev_token(user)
         deadline = time.monotonic() + WAIT
         while True:
             request = urllib.request.Request(self.url + "/publish", data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"Bearer {token}"})
             try:
                 with urllib.request.urlopen(request, timeout=10) as r:
                     reply = json.loads(r.read())
@@ -263,6 +284,14 @@ def failover_while_publishing(cluster: Cluster, pages, room: str, command: str, 
         page.send(text)
         expected.append(text)
 
+    # Identity: each page got a token for its name from /dev/token (through nginx) and the edge
+    # that welcomed it (WebSocket and SSE; a poll has no welcome) names that same user.
+    for page in (a, b, c):
+        auth = page.js("{token: heraldDemo.token, tokenUser: heraldDemo.tokenUser, welcomeUser: heraldDemo.welcomeUser}")
+        assert auth["token"] and auth["tokenUser"] == page.name, auth
+    for page in (a, b):
+        assert page.js("heraldDemo.welcomeUser") == page.name, page.js("heraldDemo.welcomeUser")
+
     for page in (a, b, c):
         send(page, f"hello from {page.name}")
     for page in (a, b, c):
@@ -331,12 +360,14 @@ def failover_while_publishing(cluster: Cluster, pages, room: str, command: str, 
     # nginx's own account of the failover: the reconnect named the victim in its cookie and was
     # answered (101) by another edge. nginx logs a WebSocket when it ends, so A closes it (by
     # moving to short polling: leaving the page may keep it open in the back-forward cache).
+    # The page's WebSocket URL carries its token (`?token=`, no `?user=`): that names A's sockets.
+    token = a.js("heraldDemo.token")
     a.set_transport("poll")
     dead = cluster.edge_address(victim)
 
     def failover_logged():
         for line in cluster.access_log().splitlines():
-            m = re.search(r'"GET /ws\?user=alice [^"]*" 101 .* cookie=(\S*) upstream=(.*) ustatus=(.*)$', line)
+            m = re.search(r'"GET /ws\?token=' + re.escape(token) + r' [^"]*" 101 .* cookie=(\S*) upstream=(.*) ustatus=(.*)$', line)
             if m and m[1] == victim and m[2].split(", ")[-1] != dead and m[3].split(", ")[-1] == "101":
                 return line
     print("nginx:", wait_until(failover_logged, WAIT, what="nginx to log the WebSocket failover"))

@@ -69,6 +69,10 @@ def test_two_transports_chat_switch_and_resume(pages, room):
         assert s["node"] == NODE, s
         assert s["room"] == room
         assert page.text_of("node") == NODE
+        # This edge has no key and no /dev/token endpoint (404): the page connects anonymously,
+        # named by `?user=`.
+        assert page.js("heraldDemo.token") is None
+        assert page.text_of("identity") == "anonymous"
 
     exchange(alice, bob, "hello")
 

@@ -16,6 +16,13 @@ per client, and checks:
     with 1012, every client of it reconnects through nginx to another edge and resumes from its
     cursor with no gap and no duplicate; the edge is started again and nginx routes back to it;
   * kill (--kill-cmd): SIGKILL one edge while messages flow: the same, with no warning.
+  * identity (--auth dev, or found by itself with --auth auto): requests without a connection
+    token are refused (HTTP 401 on /sse, /poll, POST /publish; close 4501 on a WebSocket), one
+    with a token from the development endpoint GET /dev/token works, and `?user=` is refused next
+    to a token. Every client of the checks above then carries its own token (WebSocket:
+    `Authorization: Bearer`; SSE and poll: `?token=`; POST /publish: `Authorization: Bearer` and
+    `client` naming the caller's SSE stream, so it publishes as a subscriber), and every welcome
+    must name the token's user.
 
 Exit status 0 when every check passed. Only the `websockets` package is needed
 (tests-deploy/requirements.txt).
@@ -57,6 +64,45 @@ def check(cond: bool, what: str, detail: str = "") -> bool:
 
 def rand_id(n: int = 8) -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+class Identity:
+    """Connection tokens from the cluster's development endpoint GET /dev/token, one per user
+    (cached: a token lasts an hour, a check run a few minutes)."""
+
+    def __init__(self, http: "Http"):
+        self.http = http
+        self.tokens: dict[str, str] = {}
+
+    async def token(self, user: str) -> str:
+        if user not in self.tokens:
+            last = None
+            for _ in range(20):  # nginx may answer 502 for a moment while an edge goes away
+                r = await self.http.request("GET", f"/dev/token?user={urllib.parse.quote(user)}")
+                if r.status == 200:
+                    self.tokens[user] = json.loads(r.body)["token"]
+                    break
+                last = f"{r.status} {r.body[:200]!r}"
+                await asyncio.sleep(0.5)
+            else:
+                raise RuntimeError(f"GET /dev/token?user={user} failed: {last}")
+        return self.tokens[user]
+
+
+# Set by main_async when the cluster requires tokens; None: clients connect anonymously.
+IDENTITY: Identity | None = None
+
+
+async def auth_header(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await IDENTITY.token(user)}"} if IDENTITY else {}
+
+
+async def auth_query(user: str) -> str:
+    """`&token=<jwt>` for SSE and poll URLs (empty without identity)."""
+    return f"&token={urllib.parse.quote(await IDENTITY.token(user))}" if IDENTITY else ""
 
 
 # ----------------------------------------------------------------------------- cookies
@@ -212,8 +258,9 @@ def node_cookie(resp_headers: list[str]) -> str | None:
 class WsClient:
     """A WebSocket client that tracks replies by id, received messages and stream positions."""
 
-    def __init__(self, name: str, ws_url: str, jar: Jar | None = None):
+    def __init__(self, name: str, ws_url: str, jar: Jar | None = None, user: str | None = None):
         self.name, self.ws_url = name, ws_url
+        self.user = user or name  # the token's `sub` when the cluster requires tokens
         self.jar = jar or Jar()
         self.ws = None
         self.node: str | None = None
@@ -231,7 +278,8 @@ class WsClient:
     async def connect(self, timeout: float = 10.0) -> str:
         self.closed.clear()
         self.close_code = None
-        self.ws = await ws_connect(self.ws_url, additional_headers=self.jar.header(), proxy=None,
+        headers = {**self.jar.header(), **await auth_header(self.user)}
+        self.ws = await ws_connect(self.ws_url, additional_headers=headers, proxy=None,
                                    open_timeout=timeout, ping_interval=None, close_timeout=2,
                                    max_size=None)
         self.set_cookies = self.ws.response.headers.get_all("Set-Cookie")
@@ -239,6 +287,9 @@ class WsClient:
         self.welcome = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         if self.welcome.get("op") != "welcome":
             raise RuntimeError(f"{self.name}: first frame is not welcome: {self.welcome}")
+        if IDENTITY and self.welcome.get("user") != self.user:
+            raise RuntimeError(f"{self.name}: welcome names user {self.welcome.get('user')!r}, "
+                               f"the token was for {self.user!r}")
         self.node = self.welcome.get("node")
         self.reader = asyncio.create_task(self._read())
         return self.node
@@ -367,6 +418,8 @@ class Resilient:
     reconnects: int = 0
     stop: bool = False
     errors: list = field(default_factory=list)
+    client: str | None = None                       # SSE: the stream's client id (welcome)
+    users: list = field(default_factory=list)       # SSE: `user` of each welcome
 
 
 async def run_ws_resilient(st: Resilient, ws_url: str, ready: asyncio.Event) -> None:
@@ -420,7 +473,8 @@ async def run_sse_resilient(st: Resilient, http: Http, ready: asyncio.Event) -> 
             if last_id:
                 headers["Last-Event-ID"] = last_id
             resumed = last_id is not None
-            resp = await http.open("GET", f"/sse?channel={urllib.parse.quote(st.channel)}", headers)
+            resp = await http.open("GET", f"/sse?channel={urllib.parse.quote(st.channel)}"
+                                   + await auth_query(st.name), headers)
             st.jar.update(resp.all("Set-Cookie"))
             if resp.status != 200:
                 raise RuntimeError(f"/sse answered {resp.status}")
@@ -444,6 +498,8 @@ async def run_sse_resilient(st: Resilient, http: Http, ready: asyncio.Event) -> 
                             w = {}
                         node = w.get("node") or st.jar.node
                         st.nodes.append(node)
+                        st.client = w.get("client")
+                        st.users.append(w.get("user"))
                         ready.set()
                     elif ev["event"] == "subscribed":
                         if resumed:
@@ -483,8 +539,8 @@ async def run_poll_resilient(st: Resilient, http: Http, ready: asyncio.Event, ti
             q = {"channel": st.channel, "timeout": "0" if cursor is None else str(timeout)}
             if cursor:
                 q["cursor"] = cursor
-            resp = await http.request("GET", "/poll?" + urllib.parse.urlencode(q), st.jar.header(),
-                                      timeout=timeout + 15)
+            resp = await http.request("GET", "/poll?" + urllib.parse.urlencode(q) + await auth_query(st.name),
+                                      st.jar.header(), timeout=timeout + 15)
             st.jar.update(resp.all("Set-Cookie"))
             if resp.status != 200:
                 raise RuntimeError(f"/poll answered {resp.status}: {resp.body[:200]!r}")
@@ -605,7 +661,8 @@ async def check_stickiness_and_spread(cl: Cluster) -> dict[str, WsClient]:
     for node in sorted(by_node):
         seen = []
         for _ in range(3):
-            resp = await cl.http.open("GET", "/sse?channel=sticky:probe", {"Cookie": f"herald_node={node}", "Accept": "text/event-stream"})
+            resp = await cl.http.open("GET", "/sse?channel=sticky:probe" + await auth_query("sticky-probe"),
+                                      {"Cookie": f"herald_node={node}", "Accept": "text/event-stream"})
             buf, got = "", None
             deadline = time.monotonic() + 5
             while got is None and time.monotonic() < deadline:
@@ -662,8 +719,17 @@ async def check_fanout(cl: Cluster, by_node: dict[str, WsClient]) -> str:
     # SSE publish path: POST /publish through nginx, pinned to one edge
     seq += 1
     sse_node = sorted(by_node)[0]
-    r = await cl.http.request("POST", "/publish", {"Content-Type": "application/json", "Cookie": f"herald_node={sse_node}"},
-                              json.dumps({"channel": ch, "data": {"seq": seq, "from": "post"}}).encode())
+    body = {"channel": ch, "data": {"seq": seq, "from": "post"}}
+    hdr = {"Content-Type": "application/json", "Cookie": f"herald_node={sse_node}"}
+    if IDENTITY:
+        # As the SSE reader on that edge, naming its stream: a subscriber of the channel may
+        # publish (the default `publish = "subscriber"` rule once a key is configured).
+        sse = sse_states[0]
+        check(sse.nodes[:1] == [sse_node] and sse.client is not None and sse.users[:1] == [sse.name],
+              f"the SSE welcome on {sse_node} names the token's user and a client id", f"users={sse.users} client={sse.client}")
+        body["client"] = sse.client
+        hdr.update(await auth_header(sse.name))
+    r = await cl.http.request("POST", "/publish", hdr, json.dumps(body).encode())
     check(r.status == 200, f"POST /publish (the SSE/poll clients' publish) on {sse_node} is accepted", f"{r.status} {r.body[:120]!r}")
     want = {"seq": seq, "from": "post"}
     ok = await wait_until(lambda: all(want in c.datas(ch) for c in clients), 5)
@@ -750,6 +816,9 @@ async def failover(cl: Cluster, victim: str, cmd: str, mode: str, messages: int,
     others = [n for n in cl.nodes if n != victim]
     publisher = WsClient("publisher", cl.ws_url, Jar(others[0]))
     await publisher.connect()
+    # Subscribed, so it may publish also where only subscribers may (with identity on).
+    r = await publisher.subscribe(ch)
+    check(r.get("op") == "subscribed", f"[{mode}] the publisher on {others[0]} subscribes {ch}", str(r)[:200])
     bystander = WsClient("bystander", cl.ws_url, Jar(others[-1]))
     await bystander.connect()
     await bystander.subscribe(ch)
@@ -860,9 +929,71 @@ async def run_cmd(cmd: str) -> tuple[int, str]:
     return p.returncode, out.decode(errors="replace")
 
 
+async def check_identity(cl: Cluster) -> None:
+    """With identity on: no token, no service; a development token gets in, as its user."""
+    ch = f"deploy:auth-{rand_id()}"
+    q = urllib.parse.quote(ch)
+    r = await cl.http.request("GET", f"/poll?channel={q}&timeout=0")
+    check(r.status == 401, "GET /poll without a token is refused with 401", f"{r.status} {r.body[:160]!r}")
+    resp = await cl.http.open("GET", f"/sse?channel={q}", {"Accept": "text/event-stream"})
+    resp.close()
+    check(resp.status == 401, "GET /sse without a token is refused with 401", f"{resp.status}")
+    body = json.dumps({"channel": ch, "data": {"anonymous": True}}).encode()
+    r = await cl.http.request("POST", "/publish", {"Content-Type": "application/json"}, body)
+    check(r.status == 401, "POST /publish without a token is refused with 401", f"{r.status} {r.body[:160]!r}")
+    # A WebSocket without a token is upgraded but may only authenticate ({"op":"connect"}):
+    # anything else (or nothing within auth_timeout_secs) is closed with 4501.
+    ws = await ws_connect(cl.ws_url, proxy=None, open_timeout=10, ping_interval=None, close_timeout=2)
+    code = None
+    try:
+        await ws.send(json.dumps({"op": "subscribe", "channel": ch, "id": 1}))
+        try:
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if frame.get("op") == "welcome":
+                    break
+        except ConnectionClosed:
+            pass
+        except asyncio.TimeoutError:
+            pass
+        code = ws.close_code
+    finally:
+        await ws.close()
+    check(code == 4501, "a WebSocket without a token is closed with 4501 (unauthorized)", f"close code {code}")
+
+    token = await IDENTITY.token("deploy-checker")
+    r = await cl.http.request("GET", f"/poll?channel={q}&timeout=0&token={urllib.parse.quote(token)}")
+    check(r.status == 200, "GET /poll with a token from /dev/token works", f"{r.status} {r.body[:160]!r}")
+    r = await cl.http.request("GET", f"/poll?channel={q}&timeout=0&user=mallory", await auth_header("deploy-checker"))
+    check(r.status == 400, "`?user=` next to a token is refused with 400 (the user comes from the token)", f"{r.status} {r.body[:160]!r}")
+    # The WebSocket's auth-after-connect: the token in the first frame.
+    ws = await ws_connect(cl.ws_url, proxy=None, open_timeout=10, ping_interval=None, close_timeout=2)
+    try:
+        await ws.send(json.dumps({"op": "connect", "token": token}))
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    finally:
+        await ws.close()
+    check(welcome.get("op") == "welcome" and welcome.get("user") == "deploy-checker",
+          "a WebSocket that sends {op: connect, token} first is welcomed as the token's user", str(welcome)[:200])
+    r = await cl.http.request("POST", "/publish", {"Content-Type": "application/json", **await auth_header("deploy-checker")}, body)
+    check(r.status == 403, "POST /publish with a token to a channel the caller is not subscribed to is refused (403)",
+          f"{r.status} {r.body[:160]!r}")
+
+
 async def main_async(args) -> None:
+    global IDENTITY
     cl = Cluster(args)
     log(f"cluster {cl.url} edges {cl.nodes}")
+    if args.auth != "off":
+        r = await cl.http.request("GET", "/dev/token?user=deploy-probe")
+        if args.auth == "dev":
+            check(r.status == 200, "GET /dev/token (the development token endpoint) answers through nginx",
+                  f"{r.status} {r.body[:160]!r}")
+        if r.status == 200:
+            IDENTITY = Identity(cl.http)
+    log("identity: " + ("tokens from /dev/token" if IDENTITY else "none (anonymous clients)"))
+    if IDENTITY:
+        await check_identity(cl)
     await check_basics(cl)
     by_node = await check_stickiness_and_spread(cl)
     ch = await check_fanout(cl, by_node)
@@ -896,6 +1027,9 @@ def main() -> int:
     ap.add_argument("--start-cmd", help="shell command that starts edge {node} again")
     ap.add_argument("--drain-victim", default="edge1")
     ap.add_argument("--messages", type=int, default=80, help="messages published during each failover")
+    ap.add_argument("--auth", choices=["auto", "dev", "off"], default="auto",
+                    help="dev: the cluster must require tokens and serve GET /dev/token (checked); "
+                         "off: connect anonymously; auto: dev when /dev/token answers 200")
     args = ap.parse_args()
     try:
         asyncio.run(asyncio.wait_for(main_async(args), args.messages * 0.5 + 400))

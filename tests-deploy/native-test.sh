@@ -21,7 +21,7 @@ source "$HERALD_CLUSTER_DIR/cluster.env"
   --url "$HERALD_CLUSTER_URL" --prometheus "$HERALD_CLUSTER_PROMETHEUS_URL" \
   --api-key "$HERALD_CLUSTER_API_KEY" --rules "$ROOT/deploy/herald-rules.yml" --rules "$ROOT/deploy/grafana/herald-dashboard.json" \
   --stop-cmd "$C stop {node}" --start-cmd "$C start {node}" --drain-victim edge3 \
-  --kill-cmd "$C kill {node}" --kill-victim edge1 \
+  --kill-cmd "$C kill {node}" --kill-victim edge1 --auth dev \
   2>&1 | tee "$HERALD_CLUSTER_DIR/cluster_check.log"
 rc=${PIPESTATUS[0]}
 "$C" status || true

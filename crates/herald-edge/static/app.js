@@ -6,6 +6,15 @@
 // When the server says `recovered: false` the page shows a notice: that flag is the only way
 // Herald ever signals loss.
 //
+// Identity: an edge with a key configured wants a JWT connection token. A real application's
+// backend would sign it; this demo asks the edge's DEVELOPMENT-ONLY endpoint
+// `GET /dev/token?user=<name>` (off unless `[auth] dev_token_endpoint = true`). When that answers
+// 404 the page connects without a token and names itself with `?user=`, as an anonymous client.
+// With a token it goes on every transport: `?token=` on the WebSocket, SSE and poll URLs,
+// `Authorization: Bearer` on POST /publish; the server then takes the user from the token (and
+// refuses `?user=`). The token is renewed shortly before it expires (a live WebSocket with the
+// `refresh` op, an SSE stream by resuming with the new token, polls just use it).
+//
 // For automated tests the state is exposed as `window.heraldDemo` (see the end of the file).
 
 'use strict';
@@ -28,6 +37,7 @@
   const REQUEST_TIMEOUT_MS = 10000;
   const ROOM_PATTERN = /^[A-Za-z0-9_.@/-]{1,64}$/;
   const MAX_SHOWN = 500;
+  const TOKEN_RENEW_BEFORE_S = 120; // get a fresh token this long before the current one expires
 
   // ---------------------------------------------------------------------------------------
   // State
@@ -71,6 +81,12 @@
     flushing: false,
     flushTimer: null,
     flushAttempt: 0,
+    // Identity. token: the connection token in use (null: anonymous, the edge has no dev token
+    // endpoint); tokenUser: the user it was issued for; exp: its expiry (seconds).
+    auth: { token: null, tokenUser: null, exp: 0 },
+    authRetried: false, // one fresh token after a 4501, in case the edge's secret changed
+    renewTimer: null,
+    welcomeUser: null, // `user` of the last welcome (WebSocket and SSE)
   };
 
   function pick(...candidates) {
@@ -96,6 +112,95 @@
   }
 
   // ---------------------------------------------------------------------------------------
+  // Connection tokens (development token endpoint)
+
+  // The development endpoint takes letters, digits and `_-.@` for a user id: spaces become `_`.
+  function tokenUser() {
+    return state.user.replace(/\s+/g, '_').slice(0, 64);
+  }
+
+  // The token to connect with, fetched or renewed when needed; null when the edge has no token
+  // endpoint (404), i.e. it runs without identity or the application hands out tokens itself.
+  async function ensureToken() {
+    const user = tokenUser();
+    const now = Date.now() / 1000;
+    const a = state.auth;
+    if (a.token && a.tokenUser === user && a.exp - now > TOKEN_RENEW_BEFORE_S) {
+      return a.token;
+    }
+    let response;
+    try {
+      response = await fetchWithTimeout('/dev/token?user=' + encodeURIComponent(user), {
+        cache: 'no-store',
+      });
+    } catch (err) {
+      throw new Transient('no token: ' + err.message);
+    }
+    if (response.status === 404) {
+      state.auth = { token: null, tokenUser: null, exp: 0 };
+      renderIdentity();
+      return null;
+    }
+    if (!response.ok) {
+      const reply = await response.json().catch(() => ({}));
+      const message = (reply.error && reply.error.message) || 'HTTP ' + response.status;
+      throw new (response.status >= 500 ? Transient : Error)('no token: ' + message);
+    }
+    const body = await response.json();
+    state.auth = { token: body.token, tokenUser: user, exp: Number(body.exp) || 0 };
+    renderIdentity();
+    return body.token;
+  }
+
+  function dropToken() {
+    state.auth = { token: null, tokenUser: null, exp: 0 };
+  }
+
+  // Renews the token shortly before it expires and hands it to the live connection.
+  function scheduleRenewal(gen) {
+    clearTimeout(state.renewTimer);
+    state.renewTimer = null;
+    if (!state.auth.token || !state.auth.exp) {
+      return;
+    }
+    const inMs = Math.max(5, state.auth.exp - TOKEN_RENEW_BEFORE_S / 2 - Date.now() / 1000) * 1000;
+    state.renewTimer = setTimeout(async () => {
+      if (gen !== state.generation) {
+        return;
+      }
+      try {
+        const token = await ensureToken();
+        if (gen !== state.generation || !state.conn) {
+          return;
+        }
+        if (token && state.conn.refresh) {
+          await state.conn.refresh(token); // WebSocket: the session goes on
+          scheduleRenewal(gen);
+        } else if (state.transport === 'sse') {
+          start(); // the stream's URL holds the token: resume on a new stream with the new one
+        } else {
+          scheduleRenewal(gen); // polls read state.auth.token on every request
+        }
+      } catch (_) {
+        // The connection ends at `exp` (4010) and the reconnect fetches a token then.
+      }
+    }, inMs);
+  }
+
+  function authHeaders() {
+    return state.auth.token ? { Authorization: 'Bearer ' + state.auth.token } : {};
+  }
+
+  // The identity part of a WebSocket/SSE URL: the token, or (anonymous) the display name.
+  function identify(url, token) {
+    if (token) {
+      url.searchParams.set('token', token);
+    } else {
+      url.searchParams.set('user', state.user);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
   // Positions and cursors
 
   // A message from any transport: drop duplicates, note gaps, remember the position.
@@ -116,6 +221,7 @@
       offset: msg.offset,
       ts: msg.ts,
       from: msg.from,
+      user: msg.user, // set by the server from the publisher's token (absent: anonymous)
       data: msg.data,
     };
     state.received.push(entry);
@@ -175,15 +281,36 @@
     setStatus('connecting', 'connecting…');
     renderPresence(null);
     const make = { ws: wsConnection, sse: sseConnection, longpoll: pollConnection, poll: pollConnection };
-    state.conn = make[state.transport](gen, ch, state.transport);
+    ensureToken().then(
+      (token) => {
+        if (gen !== state.generation) {
+          return;
+        }
+        state.conn = make[state.transport](gen, ch, state.transport, token);
+        scheduleRenewal(gen);
+      },
+      (err) => {
+        if (gen !== state.generation) {
+          return;
+        }
+        if (err instanceof Transient) {
+          lost(gen, 0, err.message);
+        } else {
+          setStatus('closed', err.message);
+          notice('Cannot connect: ' + err.message);
+        }
+      },
+    );
   }
 
   function stopConnection() {
     state.generation++;
     clearTimeout(state.reconnectTimer);
     clearInterval(state.presenceTimer);
+    clearTimeout(state.renewTimer);
     state.reconnectTimer = null;
     state.presenceTimer = null;
+    state.renewTimer = null;
     if (state.conn) {
       state.conn.close();
       state.conn = null;
@@ -197,6 +324,7 @@
       return;
     }
     state.attempt = 0;
+    state.authRetried = false;
     state.connected = true;
     if (node !== undefined) {
       setNode(node);
@@ -227,6 +355,16 @@
       state.conn.close();
       state.conn = null;
     }
+    if (code === 4010) {
+      dropToken(); // token expired: the reconnect gets a fresh one
+    }
+    if (code === 4501 && state.auth.token && !state.authRetried) {
+      // Unauthorized with a token we held on to (the edge's secret may have changed since): one
+      // more try with a fresh token before giving up.
+      state.authRetried = true;
+      dropToken();
+      code = 0;
+    }
     if (isFinal(code)) {
       setStatus('closed', 'closed: ' + (reason || 'code ' + code));
       notice('The server closed the connection for good (' + code + ' ' + (reason || '') + ').');
@@ -254,10 +392,10 @@
   // ---------------------------------------------------------------------------------------
   // WebSocket
 
-  function wsConnection(gen, ch) {
+  function wsConnection(gen, ch, kind, token) {
     const url = new URL('/ws', location.href);
     url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    url.searchParams.set('user', state.user);
+    identify(url, token);
     const ws = new WebSocket(url);
     const pending = new Map(); // request id -> {resolve, reject, timer}
     let nextId = 1;
@@ -305,6 +443,7 @@
         case 'welcome': {
           setNode(frame.node);
           state.client = frame.client;
+          setWelcomeUser(frame.user);
           const since = state.positions[ch];
           resumed = Boolean(since);
           const sub = { op: 'subscribe', channel: ch };
@@ -376,16 +515,19 @@
       presence(channelName) {
         return request({ op: 'presence', channel: channelName }).then((r) => r.clients);
       },
+      refresh(newToken) {
+        return request({ op: 'refresh', token: newToken });
+      },
     };
   }
 
   // ---------------------------------------------------------------------------------------
   // Server-Sent Events (publishing with POST /publish)
 
-  function sseConnection(gen, ch) {
+  function sseConnection(gen, ch, kind, token) {
     const url = new URL('/sse', location.href);
     url.searchParams.set('channel', ch);
-    url.searchParams.set('user', state.user);
+    identify(url, token);
     const since = cursorFor(ch);
     if (since) {
       url.searchParams.set('since', since);
@@ -400,6 +542,7 @@
       node = w.node;
       client = w.client;
       setNode(node);
+      setWelcomeUser(w.user);
     });
     es.addEventListener('subscribed', (event) => {
       if (gen !== state.generation) {
@@ -436,6 +579,7 @@
       close() {
         es.close();
       },
+      // Naming our stream as `client` makes the publish come from a subscriber of the channel.
       publish: (channelName, data) => httpPublish(channelName, data, client),
       presence: httpPresence,
     };
@@ -461,9 +605,15 @@
         if (cursor) {
           url.searchParams.set('cursor', cursor);
         }
+        if (state.auth.token) {
+          url.searchParams.set('token', state.auth.token); // the current one: it is renewed
+        }
         let body;
         try {
           const response = await fetch(url, { signal: abort.signal, cache: 'no-store' });
+          if (response.status === 401) {
+            dropToken(); // expired or refused: the reconnect asks for a fresh one
+          }
           if (!response.ok) {
             throw new Error('HTTP ' + response.status);
           }
@@ -547,7 +697,7 @@
     try {
       response = await fetchWithTimeout('/publish', {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
+        headers: Object.assign({ 'Content-Type': 'application/json' }, authHeaders()),
         body: JSON.stringify(body),
       });
     } catch (err) {
@@ -557,7 +707,14 @@
     if (response.ok) {
       return reply;
     }
-    const message = (reply && reply.message) || 'HTTP ' + response.status;
+    const message =
+      (reply && ((reply.error && reply.error.message) || reply.message)) || 'HTTP ' + response.status;
+    if (response.status === 401 && state.auth.token) {
+      // Our token expired (or the edge no longer takes it): get a fresh one, keep the message.
+      dropToken();
+      ensureToken().catch(() => {});
+      throw new Transient(message);
+    }
     if (response.status >= 500 || response.status === 408 || response.status === 429) {
       throw new Transient(message);
     }
@@ -676,6 +833,26 @@
     $('node').textContent = node || '–';
   }
 
+  function setWelcomeUser(user) {
+    state.welcomeUser = user || null;
+    renderIdentity();
+  }
+
+  function renderIdentity() {
+    const el = $('identity');
+    if (!el) {
+      return;
+    }
+    if (state.auth.token) {
+      el.textContent = 'token for ' + state.auth.tokenUser + ' (dev endpoint)';
+      el.title = 'Connection token from the development endpoint /dev/token, expires ' +
+        new Date(state.auth.exp * 1000).toLocaleTimeString();
+    } else {
+      el.textContent = 'anonymous';
+      el.title = 'The edge has no /dev/token endpoint: connected without a token';
+    }
+  }
+
   function notice(text) {
     state.notices.push({ at: Date.now(), text });
     $('notice-text').textContent = text;
@@ -690,7 +867,8 @@
     const isChat = data && typeof data === 'object' && typeof data.text === 'string';
     const who = document.createElement('span');
     who.className = 'who';
-    who.textContent = isChat ? data.user || 'anonymous' : 'server';
+    // The server-set `user` (from the publisher's token) wins over the name inside the data.
+    who.textContent = isChat ? entry.user || data.user || 'anonymous' : entry.user || 'server';
     const text = document.createElement('span');
     text.className = 'text';
     text.textContent = isChat ? data.text : JSON.stringify(data);
@@ -698,7 +876,8 @@
     meta.className = 'meta';
     const time = entry.ts ? new Date(entry.ts).toLocaleTimeString() : '';
     meta.textContent = '#' + entry.offset + (time ? ' · ' + time : '');
-    if (isChat && data.user === state.user) {
+    const me = state.auth.token ? state.auth.tokenUser : state.user;
+    if (isChat && (entry.user || data.user) === me) {
       li.className = 'mine';
     }
     li.append(who, text, meta);
@@ -793,8 +972,8 @@
     if (user !== state.user) {
       state.user = user;
       store('herald.user', user);
-      if (state.transport === 'ws' || state.transport === 'sse') {
-        start(); // the name is given when connecting
+      if (state.transport === 'ws' || state.transport === 'sse' || state.auth.token) {
+        start(); // the name (or the token that carries it) is given when connecting
       }
     }
   }
@@ -846,6 +1025,17 @@
     },
     get user() {
       return state.user;
+    },
+    // Identity: the token in use (null: anonymous), the user it was asked for, and the `user`
+    // the last welcome reported (WebSocket and SSE).
+    get token() {
+      return state.auth.token;
+    },
+    get tokenUser() {
+      return state.auth.tokenUser;
+    },
+    get welcomeUser() {
+      return state.welcomeUser;
     },
     received: state.received,
     notices: state.notices,
