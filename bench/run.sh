@@ -16,7 +16,10 @@
 #   HERALD_URLS="http://127.0.0.1:8080 ..."   use an already running Herald (nothing started);
 #   HERALD_PIDS="..."    its pids, sampled for CPU and RSS
 #   HERALD_CLUSTER_CMD=deploy/cluster.sh      start/stop Herald with `CMD up` / `CMD down`;
-#                        `CMD up` must print HERALD_URLS=... and HERALD_PIDS=... lines
+#                        `CMD up` must print HERALD_URLS=... and HERALD_PIDS=... lines; the
+#                        loadtest carries no token, so such a cluster must accept anonymous
+#                        clients (bench/herald-cluster.sh runs deploy/cluster.sh with
+#                        HERALD_CLUSTER_AUTH=off)
 #   otherwise one edge from target/release/herald is started, with a Redis of its own
 #   (HERALD_REDIS=0: in-process broker).
 #   HERALD_BIN, LOADTEST  binaries (default target/release/herald, target/release/herald-loadtest)
@@ -30,7 +33,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-[[ $# -ge 1 ]] || { sed -n '2,25p' "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,28p' "$0"; exit 2; }
 SCENARIO="$1"; shift
 REPEATS="${REPEATS:-3}"
 TARGETS="${TARGETS:-herald nchan}"
@@ -82,7 +85,8 @@ start_herald() {
     local port mport
     port=$(free_port); mport=$(free_port)
     (pin "${SERVER_CPUS:-}" "$HERALD_BIN" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
-        --node-id bench-edge-1 "${redis_args[@]}") >"$dir/edge.log" 2>&1 &
+        --node-id bench-edge-1 --config "$REPO_DIR/bench/herald-bench.toml" "${redis_args[@]}") \
+        >"$dir/edge.log" 2>&1 &
     echo $! >"$dir/edge.pid"
     HERALD_URLS="http://127.0.0.1:$port"
     wait_for "herald edge" 20 curl -sf "$HERALD_URLS/healthz"

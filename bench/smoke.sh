@@ -75,6 +75,7 @@ start_edge() { # start_edge NAME -> prints "pid url"
     local port mport
     port=$(free_port); mport=$(free_port)
     (exec "$HERALD" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --node-id "$1" \
+        --config "$REPO_DIR/bench/herald-bench.toml" \
         ${SMOKE_REDIS_URL:+--redis-url "$SMOKE_REDIS_URL"}) >"$RUN_DIR/$1.log" 2>&1 &
     local pid=$!
     disown "$pid" 2>/dev/null # the storm kills it: no "Killed" job notice

@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 /// Why a broker call failed.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum BrokerError {
     /// The broker cannot serve now (Redis down, reconnecting); nothing was done.
     #[error("broker unavailable: {0}")]

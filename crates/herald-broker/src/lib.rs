@@ -22,7 +22,8 @@
 //! Guarantees every implementation keeps: offsets in a channel grow by exactly one per publish;
 //! events for one channel reach [`BrokerEvents::on_event`] in offset order; a publish returns
 //! `Ok` only once the broker holds the message; history answers `recovered: false` whenever it
-//! cannot prove it holds everything after the reader's position. One suite of tests checks
+//! cannot prove it holds everything after the reader's position; a read never creates state (a
+//! channel nobody published to is at `{"epoch": "", "offset": 0}`). One suite of tests checks
 //! these against both implementations (`tests/conformance/`).
 
 use std::sync::{Arc, Weak};
@@ -122,10 +123,14 @@ pub struct PublishRequest {
     pub history: HistoryOptions,
 }
 
-/// A history read.
+/// A history read. Reads never create state: the position of a channel nobody published to is
+/// `{"epoch": "", "offset": 0}`, and reading it leaves nothing behind in the broker.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
-    /// Read after this position; `None` reads the newest `limit` messages.
+    /// Read after this position; `None` reads the newest `limit` messages. An empty epoch is a
+    /// position taken before the channel had an epoch: it stands for whatever epoch the channel
+    /// has now, so `{"epoch": "", "offset": 0}` reads every message from offset 1 and is
+    /// `recovered` while history still holds offset 1 (or nothing was ever published).
     pub since: Option<StreamPosition>,
     /// At most this many publications; 0 only asks for the current position.
     pub limit: usize,
@@ -262,6 +267,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Releases connections and background tasks.
     async fn shutdown(&self);
+}
+
+/// Whether a reader whose position is in epoch `reader` reads the channel's epoch `current`: the
+/// same epoch, or an empty one (the reader's position was taken before the channel had an
+/// epoch, so the channel's first epoch, the one a publish made since, is the reader's).
+pub(crate) fn same_epoch(reader: &str, current: &str) -> bool {
+    reader.is_empty() || reader == current
 }
 
 /// Current Unix time in milliseconds.

@@ -42,6 +42,7 @@ use crate::{
 pub const SHARDS: usize = 64;
 
 struct ChannelState {
+    /// Empty until the first publish makes one (a read or subscribe alone makes no epoch).
     epoch: Arc<str>,
     top: u64,
     /// Newest at the back; bounded by the namespace's history size.
@@ -55,7 +56,7 @@ struct ChannelState {
 impl ChannelState {
     fn new() -> Self {
         Self {
-            epoch: new_epoch().into(),
+            epoch: Arc::from(""),
             top: 0,
             history: VecDeque::new(),
             ttl: Duration::ZERO,
@@ -123,6 +124,15 @@ impl MemoryBroker {
 
     fn shard(&self, channel: &str) -> &Shard {
         &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    /// The channel's state if it has any (reads use this: they create nothing).
+    fn existing(&self, channel: &str) -> Option<Arc<Mutex<ChannelState>>> {
+        self.shard(channel)
+            .lock()
+            .expect("shard lock")
+            .get(channel)
+            .cloned()
     }
 
     fn channel(&self, channel: &str) -> Arc<Mutex<ChannelState>> {
@@ -229,6 +239,9 @@ impl Broker for MemoryBroker {
         let state = self.channel(&request.channel);
         let mut st = state.lock().expect("channel lock");
         let now = Instant::now();
+        if st.epoch.is_empty() {
+            st.epoch = new_epoch().into();
+        }
         st.top += 1;
         st.last_used = now;
         st.ttl = request.history.ttl;
@@ -287,7 +300,21 @@ impl Broker for MemoryBroker {
         query: HistoryQuery,
         options: HistoryOptions,
     ) -> Result<HistoryPage, BrokerError> {
-        let state = self.channel(channel);
+        // A read creates nothing: a channel without state is at epoch "", offset 0.
+        let Some(state) = self.existing(channel) else {
+            let recovered = match &query.since {
+                None => true,
+                Some(since) => since.epoch.is_empty() && since.offset == 0,
+            };
+            return Ok(HistoryPage {
+                position: StreamPosition {
+                    epoch: String::new(),
+                    offset: 0,
+                },
+                publications: Vec::new(),
+                recovered,
+            });
+        };
         let mut st = state.lock().expect("channel lock");
         let now = Instant::now();
         st.last_used = now;
@@ -303,7 +330,7 @@ impl Broker for MemoryBroker {
                 (start, true)
             }
             Some(since) => {
-                let same_epoch = *since.epoch == *st.epoch;
+                let same_epoch = crate::same_epoch(&since.epoch, &st.epoch);
                 let covered = since.offset == st.top
                     || oldest.is_some_and(|o| since.offset + 1 >= o && since.offset <= st.top);
                 (since.offset, same_epoch && covered)
@@ -457,17 +484,48 @@ mod tests {
         assert_eq!(again.offset, 1);
     }
 
+    #[tokio::test]
+    async fn reads_create_no_channel_state() {
+        let b = MemoryBroker::new();
+        for i in 0..100 {
+            let channel = format!("never:{i}");
+            let since = StreamPosition {
+                epoch: if i % 2 == 0 {
+                    String::new()
+                } else {
+                    "ab12".into()
+                },
+                offset: i % 3,
+            };
+            let queries = [
+                HistoryQuery::default(),
+                HistoryQuery {
+                    since: Some(since.clone()),
+                    limit: 10,
+                },
+            ];
+            for query in queries {
+                let page = b
+                    .history(&channel, query.clone(), opts(Duration::from_secs(60)))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (page.position.epoch.as_str(), page.position.offset),
+                    ("", 0)
+                );
+                let before_everything = since.epoch.is_empty() && since.offset == 0;
+                assert_eq!(page.recovered, query.since.is_none() || before_everything);
+            }
+        }
+        assert_eq!(b.channel_count(), 0, "reads made channel state");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sweeper_sweeps_every_interval_and_stops_at_shutdown() {
         let b = Arc::new(MemoryBroker::new());
         let sweeper = b.spawn_sweeper(Duration::from_secs(1));
-        b.history(
-            "idle",
-            HistoryQuery::default(),
-            opts(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
+        b.subscribe("idle").await.unwrap();
+        b.unsubscribe("idle").await.unwrap();
         assert_eq!(b.channel_count(), 1);
         // Virtual time: the first tick (at 1 s) finds the channel idle for 1 s.
         tokio::time::sleep(Duration::from_millis(1500)).await;

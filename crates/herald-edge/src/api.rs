@@ -114,7 +114,12 @@ pub(crate) async fn client_publish(
     req: Request<Body>,
 ) -> Response {
     let result = async {
-        let context = RequestContext::new(Some(peer.ip()), req.headers());
+        if !node.origin_allowed(req.headers()) {
+            return Err(EdgeError::PermissionDenied("origin not allowed".into()));
+        }
+        let address = node.limits.client_ip(peer.ip(), req.headers());
+        node.admit_request(address)?;
+        let context = RequestContext::new(Some(address), req.headers());
         let query_token = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned());

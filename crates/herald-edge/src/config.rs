@@ -192,8 +192,36 @@ pub struct LimitsConfig {
     pub ws_write_buffer: usize,
     /// Seconds to drain on SIGTERM.
     pub shutdown_grace_secs: f64,
-    /// Allowed `Origin` values for browsers (empty: any). A mismatch gets 403 / close 1008.
+    /// Allowed `Origin` values for browsers (empty: the request's own origin, from its `Host`).
+    /// A mismatch gets 403 / close 1008.
     pub allowed_origins: Vec<String>,
+    /// Ops per second per connection (every WebSocket frame; bursts of twice this); over it:
+    /// error 112 `rate_limited`.
+    pub command_rate: u32,
+    /// Publishes per second per connection (bursts of twice this); over it: error 112.
+    pub publish_rate: u32,
+    /// Seconds of sustained excess over a rate before the connection is closed with 4029.
+    pub rate_close_after: u64,
+    /// New WebSocket and SSE connections per second per client address (bursts of twice
+    /// this); over it: HTTP 429 with `Retry-After` / close 4029. Polls and `POST /publish` count
+    /// against a per-address bucket of `command_rate`.
+    pub connect_rate_per_ip: u32,
+    /// Open connections per client address; over it: HTTP 429 / close 4029.
+    pub max_connections_per_ip: usize,
+    /// Open connections per authenticated user; over it: HTTP 429 / close 4029.
+    pub max_connections_per_user: usize,
+    /// Peers (`addr/prefix`) whose `X-Forwarded-For` / `X-Real-IP` name the client address;
+    /// from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Bytes queued for one connection, besides the message count; over it: close 4008.
+    pub outbound_queue_bytes: usize,
+    /// Seconds a socket may accept no bytes while the edge has some to write; then close 4008.
+    pub write_timeout_secs: u64,
+    /// Seconds a client has to send a whole request head (also the next one on an idle
+    /// keep-alive connection); then the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Largest request head (request line and headers), bytes (at least 8192).
+    pub max_header_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -212,6 +240,17 @@ impl Default for LimitsConfig {
             ws_write_buffer: 4096,
             shutdown_grace_secs: 10.0,
             allowed_origins: Vec::new(),
+            command_rate: 100,
+            publish_rate: 20,
+            rate_close_after: 3,
+            connect_rate_per_ip: 20,
+            max_connections_per_ip: 1000,
+            max_connections_per_user: 100,
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            write_timeout_secs: 10,
+            header_read_timeout_secs: 10,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -349,6 +388,33 @@ impl EdgeConfig {
         }
         if l.ws_read_buffer < 512 || l.ws_write_buffer > 16 * 1024 * 1024 {
             return bad("limits.ws_read_buffer must be at least 512 B".into());
+        }
+        if l.command_rate == 0 || l.publish_rate == 0 || l.connect_rate_per_ip == 0 {
+            return bad(
+                "limits.command_rate, publish_rate and connect_rate_per_ip must be at least 1"
+                    .into(),
+            );
+        }
+        if l.max_connections_per_ip == 0 || l.max_connections_per_user == 0 {
+            return bad(
+                "limits.max_connections_per_ip and max_connections_per_user must be at least 1"
+                    .into(),
+            );
+        }
+        if l.write_timeout_secs == 0 || l.header_read_timeout_secs == 0 {
+            return bad(
+                "limits.write_timeout_secs and header_read_timeout_secs must be at least 1".into(),
+            );
+        }
+        if l.max_header_bytes < 8192 {
+            return bad("limits.max_header_bytes must be at least 8192".into());
+        }
+        if l.outbound_queue_bytes < l.max_message_size {
+            return bad("limits.outbound_queue_bytes must be at least max_message_size".into());
+        }
+        for proxy in &l.trusted_proxies {
+            crate::cidr::Cidr::parse(proxy)
+                .map_err(|e| ConfigError::Invalid(format!("limits.trusted_proxies: {e}")))?;
         }
         if !(l.shutdown_grace_secs.is_finite() && l.shutdown_grace_secs >= 0.0) {
             return bad("shutdown grace must be a non-negative number of seconds".into());

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::EdgeError;
 use crate::hub::{ConnHandle, Delivery, EventKind, Outbound};
 use crate::identity::{Identity, RequestContext};
+use crate::limits::{ConnectionLimits, UserGuard, Verdict};
 use crate::metrics::{Limit, Transport};
 use crate::node::{ConnectionSlot, Node, Publisher};
 use crate::permissions::{authorize_publish, authorize_read, Read, Subject};
@@ -78,6 +79,16 @@ pub(crate) struct Subscribed {
     pub(crate) publications: Vec<Arc<Delivery>>,
 }
 
+/// What [`Connection::count_command`] decided.
+pub(crate) enum RateCheck {
+    /// Go ahead.
+    Allow,
+    /// Refuse this op with this error (112).
+    Refuse(EdgeError),
+    /// Close the connection with 4029.
+    Close,
+}
+
 /// One channel of an SSE or poll request.
 pub(crate) struct StreamChannel<'a> {
     /// The channel.
@@ -112,14 +123,18 @@ pub(crate) struct Connection {
     delivered: u64,
     /// When the session ends unless refreshed (token `exp` plus leeway), on tokio's clock.
     deadline: Option<tokio::time::Instant>,
+    /// This connection's command and publish buckets.
+    rates: ConnectionLimits,
+    /// Counts the connection against its user's cap.
+    _user_slot: Option<UserGuard>,
     _slot: ConnectionSlot,
 }
 
 impl Connection {
     /// Admits a connection (or refuses: node full or draining) and registers it with the hub.
     pub(crate) fn open(node: &Arc<Node>, options: ConnectionOptions) -> Result<Self, EdgeError> {
-        let slot = node.admit(options.transport)?;
-        Ok(Self::open_admitted(node, slot, options))
+        let slot = node.admit(options.transport, options.context.remote)?;
+        Self::open_admitted(node, slot, options)
     }
 
     /// Registers an already admitted connection (a WebSocket holds its slot while it waits for
@@ -128,8 +143,21 @@ impl Connection {
         node: &Arc<Node>,
         slot: ConnectionSlot,
         options: ConnectionOptions,
-    ) -> Self {
+    ) -> Result<Self, EdgeError> {
         let identity = &options.identity;
+        let user_slot = match identity.proven_user() {
+            Some(user) => Some(node.limits.admit_user(user).ok_or_else(|| {
+                node.metrics.limit_rejected(Limit::ConnectionsPerUser);
+                EdgeError::RateLimited {
+                    message: format!(
+                        "at most {} open connections per user",
+                        node.config.limits.max_connections_per_user
+                    ),
+                    retry_after: None,
+                }
+            })?),
+            None => None,
+        };
         let (handle, queue) = node.hub.connect(
             options.client.clone(),
             identity.proven_user(),
@@ -147,8 +175,10 @@ impl Connection {
             .metrics
             .delivery_latency
             .with_label_values(&[options.transport.label()]);
-        Self {
+        Ok(Self {
             node: node.clone(),
+            rates: ConnectionLimits::new(&node.config.limits),
+            _user_slot: user_slot,
             options,
             handle,
             queue,
@@ -160,12 +190,37 @@ impl Connection {
             delivered: 0,
             deadline,
             _slot: slot,
-        }
+        })
     }
 
     /// Who the connection is.
     pub(crate) fn identity(&self) -> &Identity {
         &self.options.identity
+    }
+
+    /// Counts one op the client sent (`publish`: it is a publish) against the connection's
+    /// rates: `Err` with error 112 when over, [`RateCheck::Close`] once the client has stayed
+    /// over for `rate_close_after` (close 4029).
+    pub(crate) fn count_command(&mut self, publish: bool) -> RateCheck {
+        match self.rates.check(publish) {
+            Verdict::Allow => RateCheck::Allow,
+            Verdict::Refuse => {
+                let limit = if publish {
+                    Limit::PublishRate
+                } else {
+                    Limit::CommandRate
+                };
+                self.node.metrics.limit_rejected(limit);
+                RateCheck::Refuse(EdgeError::RateLimited {
+                    message: "too many requests on this connection".into(),
+                    retry_after: Some(1),
+                })
+            }
+            Verdict::Close => {
+                self.node.metrics.limit_rejected(Limit::SustainedExcess);
+                RateCheck::Close
+            }
+        }
     }
 
     /// When the session must end unless refreshed (close 4010).
@@ -390,12 +445,16 @@ impl Connection {
     /// Waits for the next queued item; `None` when the queue is closed (never while the
     /// connection lives). Cancel-safe: use it in a `select!`.
     pub(crate) async fn recv(&mut self) -> Option<Outbound> {
-        self.queue.recv().await
+        let item = self.queue.recv().await?;
+        self.handle.taken(&item);
+        Some(item)
     }
 
     /// A queued item if one is there now.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        self.queue.try_recv().ok()
+        let item = self.queue.try_recv().ok()?;
+        self.handle.taken(&item);
+        Some(item)
     }
 
     /// Turns one queued item into events: publications pass the duplicate and gap checks (a gap

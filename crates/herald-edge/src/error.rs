@@ -50,6 +50,14 @@ pub(crate) enum EdgeError {
     /// A limit was reached.
     #[error("limit exceeded: {0}")]
     Limit(String),
+    /// A rate or a per-client cap was exceeded; retry after the given seconds, when known.
+    #[error("rate limited: {message}")]
+    RateLimited {
+        /// What was exceeded.
+        message: String,
+        /// Seconds until a retry can succeed (HTTP `Retry-After`).
+        retry_after: Option<u64>,
+    },
     /// The message is larger than allowed.
     #[error("message too large: {0}")]
     TooLarge(String),
@@ -83,6 +91,7 @@ impl EdgeError {
             EdgeError::Unauthorized(_) => ErrorCode::Unauthorized,
             EdgeError::TokenExpired(_) => ErrorCode::TokenExpired,
             EdgeError::Limit(_) => ErrorCode::LimitExceeded,
+            EdgeError::RateLimited { .. } => ErrorCode::RateLimited,
             EdgeError::TooLarge(_) => ErrorCode::MessageTooLarge,
             EdgeError::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
             EdgeError::NotSubscribed(_) => ErrorCode::NotSubscribed,
@@ -123,6 +132,7 @@ impl EdgeError {
         use herald_protocol::CloseCode;
         match self {
             EdgeError::Unauthorized(_) => CloseCode::Unauthorized,
+            EdgeError::RateLimited { .. } | EdgeError::Limit(_) => CloseCode::RateLimited,
             EdgeError::TokenExpired(_) => CloseCode::TokenExpired,
             EdgeError::PermissionDenied(_) => CloseCode::Policy,
             EdgeError::Unavailable(_) | EdgeError::Broker(_) => CloseCode::TryAgainLater,
@@ -139,12 +149,20 @@ impl EdgeError {
 impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
         let body = herald_protocol::frame::encode_error_body(self.code(), &self.to_string());
-        (
+        let mut response = (
             self.status(),
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let EdgeError::RateLimited { retry_after, .. } = &self {
+            let secs = retry_after.unwrap_or(1).max(1);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 

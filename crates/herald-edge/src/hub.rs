@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,20 @@ pub(crate) enum Outbound {
     Resync,
 }
 
+impl Outbound {
+    /// What the item is taken to cost in memory while queued: its payload or text plus a fixed
+    /// overhead for the wrapper (the encoded frame, when built, is shared by every queue).
+    pub(crate) fn cost(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        OVERHEAD
+            + match self {
+                Outbound::Publication(d) => d.publication.payload.len(),
+                Outbound::Event(_, text) => text.len(),
+                Outbound::Resync => 0,
+            }
+    }
+}
+
 /// The hub's handle on one connection.
 pub(crate) struct ConnHandle {
     /// Hub-unique key.
@@ -142,6 +156,11 @@ pub(crate) struct ConnHandle {
     /// connection's task listens; the hub (slow consumer) and the node (shutdown) cancel.
     pub(crate) cancel: CancellationToken,
     close_code: AtomicU16,
+    /// Bytes of the items in the queue (see [`Outbound::cost`]): fan-out adds, the
+    /// connection subtracts as it takes them. Over `byte_budget` the connection is closed 4008.
+    queued_bytes: AtomicUsize,
+    /// `limits.outbound_queue_bytes`.
+    byte_budget: usize,
 }
 
 impl ConnHandle {
@@ -161,24 +180,45 @@ impl ConnHandle {
         }
     }
 
+    /// Marks an item as taken off the queue (its bytes leave the budget).
+    pub(crate) fn taken(&self, item: &Outbound) {
+        self.queued_bytes.fetch_sub(item.cost(), Ordering::AcqRel);
+    }
+
     fn offer(&self, item: Outbound, metrics: &Metrics) {
+        let cost = item.cost();
+        let before = self.queued_bytes.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > self.byte_budget {
+            self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            metrics.limit_rejected(crate::metrics::Limit::OutboundBytes);
+            self.overflow(metrics);
+            return;
+        }
         match self.tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.cancel.is_cancelled() {
-                    metrics
-                        .slow_consumers
-                        .with_label_values(&[self.transport.label()])
-                        .inc();
-                }
-                metrics
-                    .dropped
-                    .with_label_values(&[self.transport.label(), "slow_consumer"])
-                    .inc();
-                self.kill(CloseCode::SlowConsumer);
+                self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+                self.overflow(metrics);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// The queue is full (by count or bytes): drop, count, and close the connection (4008).
+    fn overflow(&self, metrics: &Metrics) {
+        if !self.cancel.is_cancelled() {
+            metrics
+                .slow_consumers
+                .with_label_values(&[self.transport.label()])
+                .inc();
+        }
+        metrics
+            .dropped
+            .with_label_values(&[self.transport.label(), "slow_consumer"])
+            .inc();
+        self.kill(CloseCode::SlowConsumer);
     }
 }
 
@@ -208,6 +248,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     unsubscribe_delay: Duration,
     queue_size: usize,
+    byte_budget: usize,
     /// Channels that became idle, roughly oldest first: pushed by [`Hub::unsubscribe`], taken
     /// by the reaper ([`Hub::run_reaper`]) once `unsubscribe_delay` has passed. A channel is in
     /// it at most once (`ChannelEntry::queued`), so it is bounded by the number of channels
@@ -222,6 +263,7 @@ impl Hub {
         metrics: Arc<Metrics>,
         unsubscribe_delay: Duration,
         queue_size: usize,
+        byte_budget: usize,
     ) -> Self {
         Self {
             channels: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
@@ -232,6 +274,7 @@ impl Hub {
             metrics,
             unsubscribe_delay,
             queue_size,
+            byte_budget,
             idle: Mutex::new(VecDeque::new()),
         }
     }
@@ -262,6 +305,8 @@ impl Hub {
             tx,
             cancel: parent.child_token(),
             close_code: AtomicU16::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            byte_budget: self.byte_budget,
         });
         self.connection_shard(&client)
             .lock()
@@ -541,7 +586,13 @@ mod tests {
 
     fn hub(delay: Duration) -> Arc<Hub> {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-        let hub = Arc::new(Hub::new(broker.clone(), Arc::new(Metrics::new()), delay, 8));
+        let hub = Arc::new(Hub::new(
+            broker.clone(),
+            Arc::new(Metrics::new()),
+            delay,
+            8,
+            1 << 20,
+        ));
         let events: Arc<dyn BrokerEvents> = hub.clone();
         broker.attach(Arc::downgrade(&events));
         hub

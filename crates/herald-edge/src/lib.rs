@@ -32,12 +32,15 @@
 
 mod api;
 mod auth;
+mod cidr;
 mod cluster;
 pub mod config;
 mod connection;
 mod error;
 pub mod hub;
 mod identity;
+mod limits;
+mod listener;
 pub mod metrics;
 pub mod node;
 mod pages;

@@ -60,6 +60,22 @@ pub enum Limit {
     ChannelsPerConnection,
     /// `limits.poll_max_timeout_secs`: a poll asking to wait longer than allowed.
     PollTimeout,
+    /// `limits.command_rate`: an op over the connection's (or address's) rate.
+    CommandRate,
+    /// `limits.publish_rate`: a publish over the connection's rate.
+    PublishRate,
+    /// `limits.rate_close_after`: a connection closed for sustained excess (4029).
+    SustainedExcess,
+    /// `limits.connect_rate_per_ip`: a new connection over its address's rate.
+    ConnectRate,
+    /// `limits.max_connections_per_ip`: an address with too many open connections.
+    ConnectionsPerIp,
+    /// `limits.max_connections_per_user`: a user with too many open connections.
+    ConnectionsPerUser,
+    /// `limits.outbound_queue_bytes`: a connection whose queued bytes overflowed (4008).
+    OutboundBytes,
+    /// `limits.write_timeout_secs`: a socket that accepted nothing for too long (4008).
+    WriteTimeout,
 }
 
 impl Limit {
@@ -70,15 +86,31 @@ impl Limit {
             Limit::MessageSize => "message_size",
             Limit::ChannelsPerConnection => "channels_per_connection",
             Limit::PollTimeout => "poll_timeout",
+            Limit::CommandRate => "command_rate",
+            Limit::PublishRate => "publish_rate",
+            Limit::SustainedExcess => "rate_close_after",
+            Limit::ConnectRate => "connect_rate_per_ip",
+            Limit::ConnectionsPerIp => "max_connections_per_ip",
+            Limit::ConnectionsPerUser => "max_connections_per_user",
+            Limit::OutboundBytes => "outbound_queue_bytes",
+            Limit::WriteTimeout => "write_timeout",
         }
     }
 
     /// Every limit, so each series exists from the start.
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Connections,
         Limit::MessageSize,
         Limit::ChannelsPerConnection,
         Limit::PollTimeout,
+        Limit::CommandRate,
+        Limit::PublishRate,
+        Limit::SustainedExcess,
+        Limit::ConnectRate,
+        Limit::ConnectionsPerIp,
+        Limit::ConnectionsPerUser,
+        Limit::OutboundBytes,
+        Limit::WriteTimeout,
     ];
 }
 

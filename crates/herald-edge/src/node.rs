@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap};
 use herald_broker::{
@@ -24,6 +25,7 @@ use crate::auth::Verifier;
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::hub::Hub;
+use crate::limits::{IpGuard, IpLimits, Refusal};
 use crate::metrics::{Limit, Metrics, Transport};
 use crate::proxy::ProxyClient;
 
@@ -53,6 +55,8 @@ pub struct Node {
     pub(crate) verifier: Verifier,
     /// The application's backend hooks, when any is configured.
     pub(crate) proxy: Option<ProxyClient>,
+    /// Per-address and per-user rates and caps.
+    pub(crate) limits: Arc<IpLimits>,
     connections: AtomicUsize,
     client_seq: AtomicU64,
     client_prefix: String,
@@ -60,10 +64,11 @@ pub struct Node {
     published: AtomicU64,
 }
 
-/// Counts one open connection; dropping it releases the slot.
+/// Counts one open connection; dropping it releases the slot (and its address's slot).
 pub(crate) struct ConnectionSlot {
     node: Arc<Node>,
     transport: Transport,
+    _address: Option<IpGuard>,
 }
 
 impl Drop for ConnectionSlot {
@@ -119,10 +124,12 @@ impl Node {
             metrics.clone(),
             std::time::Duration::from_millis(config.limits.unsubscribe_delay_ms),
             config.limits.outbound_queue,
+            config.limits.outbound_queue_bytes,
         ));
         let events: Arc<dyn BrokerEvents> = hub.clone();
         broker.attach(Arc::downgrade(&events));
         let client_prefix = herald_broker::new_epoch();
+        let limits = Arc::new(IpLimits::new(&config.limits));
         Arc::new(Self {
             config,
             broker,
@@ -134,6 +141,7 @@ impl Node {
             draining: AtomicBool::new(false),
             verifier,
             proxy,
+            limits,
             connections: AtomicUsize::new(0),
             client_seq: AtomicU64::new(0),
             client_prefix,
@@ -153,10 +161,13 @@ impl Node {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Takes a connection slot, or refuses when the node is full or draining.
+    /// Takes a connection slot for a client at `address`, or refuses: node draining or full
+    /// (503), the address over its rate or its cap of open connections (429). WebSocket and
+    /// SSE count against `connect_rate_per_ip`, polls against the address's `command_rate`.
     pub(crate) fn admit(
         self: &Arc<Self>,
         transport: Transport,
+        address: Option<IpAddr>,
     ) -> Result<ConnectionSlot, EdgeError> {
         let reject = |reason: &str| {
             self.metrics
@@ -168,6 +179,12 @@ impl Node {
             reject("draining");
             return Err(EdgeError::Unavailable("node is shutting down".into()));
         }
+        let address = match address {
+            Some(ip) => Some(self.admit_address(transport, ip).inspect_err(|_| {
+                reject("address");
+            })?),
+            None => None,
+        };
         let before = self.connections.fetch_add(1, Ordering::AcqRel);
         if before >= self.config.limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
@@ -189,6 +206,55 @@ impl Node {
         Ok(ConnectionSlot {
             node: self.clone(),
             transport,
+            _address: address,
+        })
+    }
+
+    fn admit_address(&self, transport: Transport, ip: IpAddr) -> Result<IpGuard, EdgeError> {
+        let rate_limit = match transport {
+            Transport::Ws | Transport::Sse => Limit::ConnectRate,
+            _ => Limit::CommandRate,
+        };
+        let refused = match transport {
+            Transport::Ws | Transport::Sse => self.limits.admit(ip),
+            _ => self
+                .limits
+                .request(ip)
+                .and_then(|()| self.limits.admit_uncounted(ip)),
+        };
+        refused.map_err(|refusal| match refusal {
+            Refusal::Rate(wait) => {
+                self.metrics.limit_rejected(rate_limit);
+                EdgeError::RateLimited {
+                    message: "too many requests from this address".into(),
+                    retry_after: Some(wait.as_secs_f64().ceil() as u64),
+                }
+            }
+            Refusal::Connections => {
+                self.metrics.limit_rejected(Limit::ConnectionsPerIp);
+                EdgeError::RateLimited {
+                    message: format!(
+                        "at most {} open connections per address",
+                        self.config.limits.max_connections_per_ip
+                    ),
+                    retry_after: None,
+                }
+            }
+        })
+    }
+
+    /// Counts a request that is not a connection (`POST /publish`) against its address.
+    pub(crate) fn admit_request(&self, ip: IpAddr) -> Result<(), EdgeError> {
+        self.limits.request(ip).map_err(|refusal| {
+            self.metrics.limit_rejected(Limit::CommandRate);
+            let retry_after = match refusal {
+                Refusal::Rate(wait) => Some(wait.as_secs_f64().ceil() as u64),
+                Refusal::Connections => None,
+            };
+            EdgeError::RateLimited {
+                message: "too many requests from this address".into(),
+                retry_after,
+            }
         })
     }
 
@@ -319,7 +385,9 @@ impl Node {
         // The reader's generation is gone (history lost). Whatever the new generation still
         // holds from its start is delivered anyway: the old tail is lost (recovered: false),
         // but nothing published since the reset is.
-        if since.epoch != page.position.epoch && page.position.offset > 0 {
+        // (A reader with an empty epoch already read from the current epoch's start.)
+        if !since.epoch.is_empty() && since.epoch != page.position.epoch && page.position.offset > 0
+        {
             let fresh = StreamPosition {
                 epoch: page.position.epoch.clone(),
                 offset: 0,

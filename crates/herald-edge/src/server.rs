@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
+use crate::listener::ListenerLimits;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::proxy::{ProxyClient, ProxyConfig};
@@ -99,16 +100,19 @@ impl Edge {
         let stop_accepting = tokio_util::sync::CancellationToken::new();
 
         let app = router(node.clone());
-        let stop = stop_accepting.clone();
-        let server = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let result = axum::serve(listener, service)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(err) = result {
-                tracing::error!(cause = %err, "client listener failed");
-            }
-        });
+        let l = &node.config.limits;
+        let limits = ListenerLimits {
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
+            header_read_timeout: Duration::from_secs(l.header_read_timeout_secs),
+            max_header_bytes: l.max_header_bytes,
+        };
+        let server = tokio::spawn(crate::listener::serve(
+            listener,
+            app,
+            limits,
+            node.metrics.clone(),
+            stop_accepting.clone(),
+        ));
         let metrics_app = Router::new()
             .route("/metrics", get(metrics_handler))
             .with_state(node.clone());
@@ -119,6 +123,7 @@ impl Edge {
                 .await;
         });
         node.background.spawn(run_registry(node.clone()));
+        node.background.spawn(run_limits_sweeper(node.clone()));
         node.background
             .spawn(node.hub.clone().run_reaper(node.shutdown.clone()));
         tracing::info!(node = %node.config.node_id, %addr, %metrics_addr, "edge listening");
@@ -271,6 +276,20 @@ async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {
         node.metrics.render(),
     )
         .into_response()
+}
+
+/// How often the per-address buckets of idle addresses are forgotten.
+const LIMITS_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Forgets idle addresses' buckets every [`LIMITS_SWEEP_INTERVAL`] until shutdown.
+async fn run_limits_sweeper(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(LIMITS_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            _ = tick.tick() => node.limits.sweep(),
+        }
+    }
 }
 
 /// Writes this node's registry entry every [`REGISTRY_INTERVAL`] until shutdown.

@@ -7,6 +7,13 @@
 //! gap is filled from history, or, when history no longer has it, the client is told
 //! `recovered: false` with its new position. A different epoch means the channel's history was
 //! reset: the client is told the same way. Loss is therefore always signalled, never silent.
+//!
+//! A position with an empty epoch is "before everything": the channel had no epoch (nobody had
+//! published to it) when the connection subscribed. Its first publication, at offset 1, is
+//! simply delivered and the position adopts that publication's epoch; one further ahead means
+//! the connection missed the first ones, and they are filled from history like any gap (the
+//! broker reads an empty epoch as "from offset 1 of the current epoch"). Whenever a gap fill
+//! recovers, the position adopts the epoch of the page it read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,6 +90,13 @@ impl Subscriptions {
         let Some(pos) = self.channels.get_mut(&*p.channel) else {
             return; // unsubscribed meanwhile
         };
+        if pos.epoch.is_empty() && pos.last == 0 && p.offset == 1 {
+            // Before everything, and this is the channel's first publication: nothing missed.
+            pos.epoch = p.epoch.clone();
+            pos.last = 1;
+            out.push(Emit::Publication(delivery));
+            return;
+        }
         if *pos.epoch != *p.epoch {
             // A new generation: signal the loss and deliver what it holds before this one.
             let since = StreamPosition {
@@ -159,6 +173,11 @@ impl Subscriptions {
         };
         match recovered {
             Ok(joined) if joined.recovered => {
+                // Recovered from an empty epoch ("before everything") reads the channel's
+                // current epoch: the position follows the page it read.
+                if *pos.epoch != *joined.position.epoch {
+                    pos.epoch = Arc::from(joined.position.epoch.as_str());
+                }
                 for p in joined.publications {
                     if p.offset > pos.last && p.offset < before {
                         pos.last = p.offset;
@@ -201,5 +220,154 @@ impl Subscriptions {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthConfig, Verifier};
+    use crate::config::{EdgeConfig, NamespaceConfig};
+    use crate::metrics::Metrics;
+    use herald_broker::memory::MemoryBroker;
+    use herald_broker::{Broker, HistoryQuery, Payload, PublishRequest};
+    use serde_json::value::RawValue;
+
+    /// A node over a fresh memory broker; the `tiny` namespace keeps two messages.
+    async fn node() -> Arc<Node> {
+        let mut config = EdgeConfig::default();
+        config.namespaces.insert(
+            "tiny".into(),
+            NamespaceConfig {
+                history_size: 2,
+                ..Default::default()
+            },
+        );
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+        let verifier = Verifier::new(&AuthConfig::default()).await.unwrap();
+        Node::new(config, broker, Arc::new(Metrics::new()), verifier, None)
+    }
+
+    /// Publishes `n` messages to `channel` (no live delivery: nothing subscribed in the hub)
+    /// and returns them as a live delivery would carry them.
+    async fn publish(node: &Node, channel: &str, n: u64) -> Vec<Arc<Delivery>> {
+        let history = node.config.namespace(channel).history();
+        for i in 0..n {
+            let request = PublishRequest {
+                channel: channel.into(),
+                payload: Payload::Json(RawValue::from_string(i.to_string()).unwrap()),
+                from: None,
+                user: None,
+                skip_self: false,
+                history,
+            };
+            node.broker.publish(request).await.unwrap();
+        }
+        let newest = HistoryQuery {
+            since: None,
+            limit: n as usize,
+        };
+        let page = node.broker.history(channel, newest, history).await.unwrap();
+        page.publications
+            .into_iter()
+            .map(|p| Arc::new(Delivery::new(p)))
+            .collect()
+    }
+
+    /// History reads the connection made to fill gaps.
+    fn recoveries(node: &Node) -> u64 {
+        ["recovered", "not_recovered"]
+            .iter()
+            .map(|o| node.metrics.recoveries.with_label_values(&[o]).get())
+            .sum()
+    }
+
+    fn before_everything() -> StreamPosition {
+        StreamPosition {
+            epoch: String::new(),
+            offset: 0,
+        }
+    }
+
+    /// What was emitted: `Ok(offset)` per publication, `Err(offset)` per reset.
+    fn emitted(out: &[Emit]) -> Vec<Result<u64, u64>> {
+        out.iter()
+            .map(|e| match e {
+                Emit::Publication(d) => Ok(d.publication.offset),
+                Emit::Reset { position, .. } => Err(position.offset),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_publication_after_no_epoch_is_delivered_and_adopts_its_epoch() {
+        let node = node().await;
+        let mut subs = Subscriptions::default();
+        subs.insert("c", &before_everything());
+        let live = publish(&node, "c", 2).await;
+        let mut out = Vec::new();
+        for d in &live {
+            subs.on_live(&node, d.clone(), &mut out).await;
+        }
+        assert_eq!(emitted(&out), vec![Ok(1), Ok(2)]);
+        assert_eq!(recoveries(&node), 0, "nothing was missed: no history read");
+        let pos = &subs.channels["c"];
+        assert_eq!((&*pos.epoch, pos.last), (&*live[0].publication.epoch, 2));
+        // A duplicate of what was delivered is dropped (the epoch was adopted).
+        subs.on_live(&node, live[1].clone(), &mut out).await;
+        assert_eq!(out.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn missed_first_publications_are_recovered_not_reset() {
+        let node = node().await;
+        let mut subs = Subscriptions::default();
+        subs.insert("c", &before_everything());
+        let live = publish(&node, "c", 4).await;
+        let mut out = Vec::new();
+        subs.on_live(&node, live[2].clone(), &mut out).await;
+        assert_eq!(
+            emitted(&out),
+            vec![Ok(1), Ok(2), Ok(3)],
+            "no recovered:false"
+        );
+        assert_eq!(recoveries(&node), 1);
+        // The fill adopted the epoch: the next one is in order, with no further read.
+        subs.on_live(&node, live[3].clone(), &mut out).await;
+        assert_eq!(emitted(&out), vec![Ok(1), Ok(2), Ok(3), Ok(4)]);
+        assert_eq!(recoveries(&node), 1, "the position kept the adopted epoch");
+    }
+
+    #[tokio::test]
+    async fn a_resync_that_recovers_adopts_the_pages_epoch() {
+        let node = node().await;
+        let mut subs = Subscriptions::default();
+        subs.insert("c", &before_everything());
+        let live = publish(&node, "c", 3).await;
+        let mut out = Vec::new();
+        subs.resync(&node, &mut out).await;
+        assert_eq!(emitted(&out), vec![Ok(1), Ok(2), Ok(3)]);
+        let pos = &subs.channels["c"];
+        assert_eq!(&*pos.epoch, &*live[0].publication.epoch);
+        // Live copies of what the resync delivered are duplicates.
+        for d in &live {
+            subs.on_live(&node, d.clone(), &mut out).await;
+        }
+        assert_eq!(out.len(), 3);
+        assert_eq!(recoveries(&node), 1);
+    }
+
+    #[tokio::test]
+    async fn before_everything_with_history_gone_is_reset() {
+        let node = node().await;
+        let mut subs = Subscriptions::default();
+        subs.insert("tiny:c", &before_everything());
+        let live = publish(&node, "tiny:c", 5).await;
+        let mut out = Vec::new();
+        let newest = live.last().unwrap().clone();
+        assert_eq!(newest.publication.offset, 5);
+        subs.on_live(&node, newest, &mut out).await;
+        // Offsets 1..=3 are gone: say so (a reset to just before 5), then deliver 5.
+        assert_eq!(emitted(&out), vec![Err(4), Ok(5)]);
     }
 }

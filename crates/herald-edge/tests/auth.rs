@@ -528,3 +528,23 @@ async fn a_users_presence_and_messages_cross_edges() {
     let m = bob.next_op("message").await;
     assert_eq!((&m["data"], &m["user"]), (&json!("from e1"), &json!("ann")));
 }
+
+#[tokio::test]
+async fn open_connections_are_capped_per_user() {
+    let mut c = auth_config();
+    c.limits.max_connections_per_user = 2;
+    let edge = start(c).await;
+    let _a = ws_user(&edge, "ann").await;
+    let tok = token("ann");
+    let mut s = sse(&edge, &format!("channel=open:a&token={tok}"), None).await;
+    s.next_named("subscribed").await;
+    // A third connection of ann's is refused on every transport; bob is not affected.
+    let refused = ws_with(&edge, &format!("token={tok}"), &[]).await;
+    assert_eq!(refused.err(), Some(Some(4029)));
+    let (status, body) = get(&edge, &format!("poll?channel=open:a&timeout=0&token={tok}")).await;
+    assert_eq!(
+        (status, &body["error"]["name"]),
+        (429, &json!("rate_limited"))
+    );
+    ws_user(&edge, "bob").await;
+}

@@ -22,12 +22,21 @@ struct Herald {
 
 impl Herald {
     async fn start(filter: &str, node: &str) -> Herald {
+        // These tests publish in bursts far above a real client's rate limits.
+        let config =
+            std::env::temp_dir().join(format!("herald-logs-{}-{node}.toml", std::process::id()));
+        std::fs::write(
+            &config,
+            "[limits]\ncommand_rate = 1000000\npublish_rate = 1000000\n",
+        )
+        .expect("write the test config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["--log-format", "json", "--node-id", node])
+            .arg("--config")
+            .arg(&config)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .env("HERALD_LOG", filter)
             .env_remove("HERALD_REDIS_URL")
-            .env_remove("HERALD_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

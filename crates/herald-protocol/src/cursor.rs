@@ -24,25 +24,44 @@ pub const MAX_CURSOR_CHANNELS: usize = 256;
 const VERSION_LINE: &str = "h1";
 
 /// A position in one channel's stream: after `offset` in generation `epoch`.
+///
+/// The epoch is empty for a channel nobody has published to yet (reading it creates no
+/// epoch): `{"epoch": "", "offset": 0}`. A reader holding an empty epoch follows whatever epoch
+/// the channel gets. The server gives it out, so clients may send it back, but only with offset
+/// 0: every message the server delivers names its epoch, so a client that has seen one holds
+/// that epoch, and an empty epoch with a later offset is no position the server ever gave.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StreamPosition {
-    /// The history generation; it changes when a channel's history is lost.
+    /// The history generation; it changes when a channel's history is lost. Empty before the
+    /// channel's first publish.
     pub epoch: String,
     /// The last offset seen (0 = nothing yet).
     pub offset: u64,
 }
 
 impl StreamPosition {
-    /// Checks an epoch received from a client.
+    /// Checks a position received from a client: an epoch of ASCII letters and digits, or the
+    /// empty epoch with offset 0 (a channel nobody had published to).
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        validate_epoch(&self.epoch)
+        validate_position(&self.epoch, self.offset)
     }
 }
 
+fn validate_position(epoch: &str, offset: u64) -> Result<(), ProtocolError> {
+    if epoch.is_empty() && offset != 0 {
+        return Err(ProtocolError::BadCursor(
+            "an empty epoch goes with offset 0 only (take the epoch from the messages)".into(),
+        ));
+    }
+    validate_epoch(epoch)
+}
+
+/// An epoch as a client may send it back: empty (the channel had none when the server gave the
+/// position out) or up to [`MAX_EPOCH_LEN`] ASCII letters and digits.
 fn validate_epoch(epoch: &str) -> Result<(), ProtocolError> {
-    if epoch.is_empty() || epoch.len() > MAX_EPOCH_LEN {
+    if epoch.len() > MAX_EPOCH_LEN {
         return Err(ProtocolError::BadCursor(format!(
-            "epoch must be 1..={MAX_EPOCH_LEN} bytes"
+            "epoch must be at most {MAX_EPOCH_LEN} bytes"
         )));
     }
     if !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -197,10 +216,10 @@ impl Cursor {
             };
             validate_channel(channel)
                 .map_err(|e| ProtocolError::BadCursor(format!("cursor channel: {e}")))?;
-            validate_epoch(epoch)?;
             let offset: u64 = offset
                 .parse()
                 .map_err(|_| bad("cursor offset is not a number"))?;
+            validate_position(epoch, offset)?;
             if cursor.positions.len() >= MAX_CURSOR_CHANNELS {
                 return Err(bad("cursor has too many channels"));
             }
@@ -230,6 +249,16 @@ mod tests {
         assert_eq!(parse_since("a", "e1:5").unwrap(), Some(at("e1", 5)));
         assert!(parse_since("a", "e1:x").is_err());
         assert!(parse_since("a", "e-1:5").is_err());
+        // The position of a channel nobody published to, as the server gave it out.
+        assert_eq!(parse_since("a", ":0").unwrap(), Some(at("", 0)));
+        assert!(
+            parse_since("a", ":3").is_err(),
+            "empty epoch, offset 0 only"
+        );
+        assert!(at("", 0).validate().is_ok());
+        assert!(at("", 1).validate().is_err());
+        assert!(at(&"e".repeat(MAX_EPOCH_LEN + 1), 0).validate().is_err());
+        assert!(at("e 1", 0).validate().is_err());
         let mut c = Cursor::new();
         c.set("a", at("e2", 9));
         assert_eq!(parse_since("a", &c.encode()).unwrap(), Some(at("e2", 9)));
@@ -254,11 +283,20 @@ mod tests {
         c.set("chat:lobby", pos("ab12", 17));
         c.set("news", pos("zz9", 0));
         c.advance("news", "q1", 3);
+        // A channel nobody published to yet: an empty epoch, carried through.
+        c.set("quiet", pos("", 0));
         let text = c.encode();
         assert!(!text.contains('\n') && !text.contains('+') && !text.contains('/'));
         let back = Cursor::decode(&text).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.get("news"), Some(&pos("q1", 3)));
+        assert_eq!(back.get("quiet"), Some(&pos("", 0)));
+        // A client that never saw a message there may send the empty epoch back in a frame.
+        let frame = r#"{"op":"subscribe","channel":"quiet","since":{"epoch":"","offset":0}}"#;
+        assert!(crate::frame::ClientFrame::parse(frame).is_ok());
+        let mut forged = Cursor::new();
+        forged.set("quiet", pos("", 4));
+        assert!(Cursor::decode(&forged.encode()).is_err());
     }
 
     #[test]
@@ -279,6 +317,15 @@ mod tests {
         fn decode_never_panics_on_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..200)) {
             let s = URL_SAFE_NO_PAD.encode(&b);
             let _ = Cursor::decode(&s);
+        }
+
+        #[test]
+        fn round_trip_empty_epochs_at_offset_zero(channels in proptest::collection::btree_set("[A-Za-z0-9_.:@/-]{1,40}", 0..8)) {
+            let mut c = Cursor::new();
+            for ch in &channels {
+                c.set(ch, pos("", 0));
+            }
+            prop_assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         }
 
         #[test]

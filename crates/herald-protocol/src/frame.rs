@@ -124,6 +124,20 @@ pub fn salvage_id(text: &str) -> Option<u64> {
 }
 
 impl<'a> ClientFrame<'a> {
+    /// The request id, if the client gave one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Connect { id, .. }
+            | ClientFrame::Refresh { id, .. }
+            | ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::History { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+
     /// Parses one text frame. Never panics.
     pub fn parse(text: &'a str) -> Result<Self, ProtocolError> {
         let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|e| {

@@ -24,6 +24,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// The TLS port, if TLS is on (the plain `port` stays open for the readiness check).
     tls_port: Option<u16>,
+    /// More `redis-server` arguments (`--maxmemory 2mb`, ...), kept across `restart`.
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -56,6 +58,12 @@ impl RedisServer {
     /// Starts a server that wants `password`, and with `tls` also listens for TLS with a fresh
     /// self-signed certificate for 127.0.0.1 (made with the `openssl` command).
     pub fn start_with(password: Option<&str>, tls: bool) -> Self {
+        Self::start_with_args(password, tls, &[])
+    }
+
+    /// [`RedisServer::start_with`] plus more `redis-server` arguments, e.g.
+    /// `&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]`.
+    pub fn start_with_args(password: Option<&str>, tls: bool, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "herald-redis-test-{}-{}",
             std::process::id(),
@@ -72,6 +80,7 @@ impl RedisServer {
             dir,
             password: password.map(str::to_string),
             tls_port,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -100,6 +109,7 @@ impl RedisServer {
                 .args(["--appendonly", "no"])
                 .args(["--daemonize", "no"])
                 .args(["--loglevel", "warning"])
+                .args(&self.extra_args)
                 .arg("--dir")
                 .arg(&self.dir)
                 .stdout(Stdio::null())

@@ -42,8 +42,13 @@ use super::RedisBrokerConfig;
 use crate::BrokerError;
 
 /// Maps a Redis failure to the broker's error: anything that smells of the connection is
-/// `Unavailable` (retry later, readiness reflects it); anything else is `Internal`.
+/// `Unavailable` (retry later, readiness reflects it), and so is Redis refusing a write at
+/// `maxmemory` (`OOM`: nothing was written, the publish is not acknowledged, error 111 at the
+/// edge); anything else is `Internal`.
 pub(crate) fn map_err(err: RedisError) -> BrokerError {
+    if err.code() == Some("OOM") {
+        return BrokerError::Unavailable(format!("redis is out of memory: {err}"));
+    }
     if err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()

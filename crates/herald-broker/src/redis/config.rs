@@ -54,6 +54,12 @@ pub struct RedisBrokerConfig {
     /// Most channels per `SUBSCRIBE`/`UNSUBSCRIBE` command when resubscribing or batching.
     /// Default 256.
     pub subscribe_batch: usize,
+    /// Most pub/sub messages waiting between the pub/sub reader and the edge's event sink. When
+    /// the sink falls this far behind, further messages are dropped (counted in
+    /// [`super::RedisBroker::dropped_events`]) and, once the queue has drained, one
+    /// [`crate::BrokerEvent::Resync`] makes readers recover them from history. Memory held is
+    /// at most this many messages. Default 8192.
+    pub event_queue: usize,
 }
 
 impl Default for RedisBrokerConfig {
@@ -75,6 +81,7 @@ impl Default for RedisBrokerConfig {
             command_connections: 1,
             meta_ttl: Duration::from_secs(24 * 3600),
             subscribe_batch: 256,
+            event_queue: 8192,
         }
     }
 }
@@ -128,6 +135,9 @@ impl RedisBrokerConfig {
         if self.subscribe_batch == 0 {
             return bad("subscribe_batch must be at least 1");
         }
+        if self.event_queue == 0 {
+            return bad("event_queue must be at least 1");
+        }
         Ok(())
     }
 
@@ -165,6 +175,9 @@ mod tests {
         c.url = "rediss://:pw@host:6380/0".into();
         c.validate().unwrap();
         c.command_connections = 0;
+        assert!(c.validate().is_err());
+        c.command_connections = 1;
+        c.event_queue = 0;
         assert!(c.validate().is_err());
         let c = RedisBrokerConfig {
             reconnect_max: Duration::from_millis(1),

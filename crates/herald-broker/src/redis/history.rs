@@ -1,12 +1,14 @@
 //! History reads: the channel's position and the publications after a reader's position.
 //!
 //! `history.lua` returns the epoch, the newest offset, Redis's clock and the stream entries in
-//! one atomic step (creating the epoch if the channel has none). Stream ids are
-//! `<offset>-0`, so "after offset N" is `XRANGE key (N+1)-0 + COUNT limit`. The reader is
-//! `recovered` only when its epoch is the channel's, its offset is not ahead of the newest,
-//! and either it is at the newest offset or the entry right after it (offset N+1) is still
-//! retained and younger than the history TTL. Anything else is `recovered: false` with no
-//! publications: never a page with a silent gap.
+//! one atomic step. It creates nothing: a channel nobody published to is at
+//! `{"epoch": "", "offset": 0}` and leaves no key behind (the first publish makes the epoch).
+//! Stream ids are `<offset>-0`, so "after offset N" is `XRANGE key (N+1)-0 + COUNT limit`.
+//! The reader is `recovered` only when its epoch is the channel's (an empty epoch stands for
+//! whatever epoch the channel has: the reader took its position before the channel had one),
+//! its offset is not ahead of the newest, and either it is at the newest offset or the entry
+//! right after it (offset N+1) is still retained and younger than the history TTL. Anything
+//! else is `recovered: false` with no publications: never a page with a silent gap.
 
 use std::sync::Arc;
 
@@ -14,11 +16,11 @@ use herald_protocol::StreamPosition;
 use tracing::warn;
 
 use super::{codec, RedisBroker};
-use crate::{new_epoch, BrokerError, HistoryOptions, HistoryPage, HistoryQuery, Publication};
+use crate::{BrokerError, HistoryOptions, HistoryPage, HistoryQuery, Publication};
 
-/// Never an epoch the scripts make (they are alphanumeric): a reader's empty epoch matches
-/// nothing.
-const NO_EPOCH: &str = "-";
+/// Never an epoch the scripts make (they are alphanumeric): for `history.lua`, "whatever epoch
+/// the channel has" (a reader's empty epoch).
+const ANY_EPOCH: &str = "*";
 
 impl RedisBroker {
     pub(super) async fn read_history(
@@ -32,7 +34,7 @@ impl RedisBroker {
             None => ("", String::new(), query.limit),
             Some(since) => (
                 match since.epoch.as_str() {
-                    "" => NO_EPOCH,
+                    "" => ANY_EPOCH,
                     epoch => epoch,
                 },
                 format!("{}-0", since.offset.saturating_add(1)),
@@ -47,7 +49,6 @@ impl RedisBroker {
                     .history
                     .key(self.keys.meta(channel))
                     .key(self.keys.stream(channel))
-                    .arg(new_epoch())
                     .arg(self.meta_ttl_ms(options.ttl))
                     .arg(reader_epoch)
                     .arg(first_id)
@@ -74,7 +75,7 @@ impl RedisBroker {
             None => (true, publications),
             Some(since) => {
                 let next = since.offset.saturating_add(1);
-                let recovered = since.epoch == position.epoch
+                let recovered = crate::same_epoch(&since.epoch, &position.epoch)
                     && since.offset <= top
                     && (since.offset == top
                         || publications

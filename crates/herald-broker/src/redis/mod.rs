@@ -29,7 +29,12 @@
 //!
 //! # Background tasks (one [`CancellationToken`], one [`TaskTracker`])
 //!
-//! * the pub/sub supervisor — reads, probes, reconnects (`pubsub.rs`);
+//! * the pub/sub supervisor — reads, probes, reconnects (`pubsub.rs`); it never waits on the
+//!   edge: it queues messages in a bounded queue (`inbound.rs`, [`RedisBrokerConfig::event_queue`]);
+//! * the dispatcher — hands queued messages to the edge's sink; after an overflow (messages
+//!   dropped and counted, [`RedisBroker::dropped_events`]) emits one `Resync` once drained;
+//! * the subscriber — sends one `SUBSCRIBE` for every first subscribe waiting
+//!   (`subscriber.rs`), so channel churn costs a round trip per batch, not per channel;
 //! * the unsubscriber — batches `UNSUBSCRIBE`s of channels whose last local reference went
 //!   (after [`RedisBrokerConfig::unsubscribe_delay`], zero by default: the edge's hub already
 //!   delays its unsubscribes; the delay is kept for users embedding the broker without the
@@ -64,6 +69,7 @@ mod codec;
 mod commands;
 mod config;
 mod history;
+mod inbound;
 mod keys;
 mod presence;
 mod probe;
@@ -71,6 +77,7 @@ mod publish;
 mod pubsub;
 mod registry;
 mod scripts;
+mod subscriber;
 mod subscriptions;
 
 pub use config::RedisBrokerConfig;
@@ -136,6 +143,12 @@ impl RedisBroker {
             .spawn(pubsub.clone().run(stream, commands, cancel.clone()));
         broker
             .tasks
+            .spawn(pubsub.clone().run_dispatcher(cancel.clone()));
+        broker
+            .tasks
+            .spawn(pubsub.clone().run_subscriber(cancel.clone()));
+        broker
+            .tasks
             .spawn(pubsub.clone().run_unsubscriber(cancel.clone()));
         broker
             .tasks
@@ -163,6 +176,19 @@ impl RedisBroker {
     /// Seconds since [`RedisBroker::last_pubsub_activity`] (for a gauge).
     pub fn pubsub_idle_secs(&self) -> f64 {
         self.pubsub.last_activity().elapsed().as_secs_f64()
+    }
+
+    /// Pub/sub messages dropped since start because the event queue was full (the edge's sink
+    /// fell [`RedisBrokerConfig::event_queue`] messages behind); each overflow is followed by a
+    /// [`BrokerEvent::Resync`](crate::BrokerEvent::Resync). A counter for metrics.
+    pub fn dropped_events(&self) -> u64 {
+        self.pubsub.inbox.dropped()
+    }
+
+    /// Pub/sub messages waiting for the edge's sink now (at most
+    /// [`RedisBrokerConfig::event_queue`]). A gauge for metrics.
+    pub fn queued_events(&self) -> usize {
+        self.pubsub.inbox.len()
     }
 
     /// Channels this node currently receives (with at least one local reference).

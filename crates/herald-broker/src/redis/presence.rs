@@ -26,10 +26,14 @@ const REFRESH_BATCH: usize = 256;
 /// The presence entries this node added, so it can keep them alive.
 #[derive(Default)]
 pub(crate) struct PresenceBook {
-    /// (channel, client id) → entry. Changed by add/remove, read by the refresher.
+    /// (channel, client id) → entry. Changed by add/remove, snapshotted by the refresher; held
+    /// only for those map operations, never across Redis I/O.
     local: Mutex<HashMap<(Arc<str>, String), PresenceEntry>>,
-    /// Add and remove hold it shared, the refresher exclusively: a refresh that snapshotted
-    /// an entry never rewrites it after a concurrent remove deleted it.
+    /// Add and remove hold it shared across their write to Redis; the refresher takes it
+    /// exclusively only to correct entries that an add or remove changed while its batch was
+    /// in flight (rare), never across the refresh itself. So a refresh of many entries does not
+    /// hold up adds and removes, and a refreshed entry that was removed meanwhile is deleted
+    /// again rather than revived.
     gate: tokio::sync::RwLock<()>,
 }
 
@@ -148,9 +152,10 @@ impl RedisBroker {
         Ok(entries)
     }
 
-    /// Rewrites every entry this node added, in batches.
+    /// Rewrites every entry this node added, in batches, from a snapshot: no lock is held
+    /// while a batch is in Redis. After each batch, entries an add or remove changed meanwhile
+    /// are corrected under the gate (deleted again, or rewritten as they are now).
     async fn refresh_presence(&self) -> Result<usize, BrokerError> {
-        let _gate = self.presence.gate.write().await;
         let entries: Vec<(Arc<str>, PresenceEntry)> = self
             .presence
             .lock()
@@ -159,8 +164,55 @@ impl RedisBroker {
             .collect();
         for batch in entries.chunks(REFRESH_BATCH) {
             self.write_presence(batch, false).await?;
+            if self.changed_since(batch) {
+                self.correct_refreshed(batch).await?;
+            }
         }
         Ok(entries.len())
+    }
+
+    /// Whether an entry of `batch` is no longer, or no longer so, in the book.
+    fn changed_since(&self, batch: &[(Arc<str>, PresenceEntry)]) -> bool {
+        let local = self.presence.lock();
+        batch.iter().any(|(channel, entry)| {
+            local.get(&(channel.clone(), entry.client.clone())) != Some(entry)
+        })
+    }
+
+    /// Puts back what a refresh batch overwrote: an entry removed meanwhile is deleted (no
+    /// leave: it was announced by its remove), one changed is rewritten. Exclusive, so no add
+    /// or remove runs between the check and the correction.
+    async fn correct_refreshed(
+        &self,
+        batch: &[(Arc<str>, PresenceEntry)],
+    ) -> Result<(), BrokerError> {
+        let _gate = self.presence.gate.write().await;
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        {
+            let local = self.presence.lock();
+            for (channel, entry) in batch {
+                match local.get(&(channel.clone(), entry.client.clone())) {
+                    None => gone.push((channel.clone(), entry.client.clone())),
+                    Some(now) if now != entry => changed.push((channel.clone(), now.clone())),
+                    Some(_) => {}
+                }
+            }
+        }
+        if !changed.is_empty() {
+            self.write_presence(&changed, false).await?;
+        }
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for (channel, client) in &gone {
+                pipe.hdel(self.keys.presence(channel), client).ignore();
+            }
+            self.commands
+                .run("presence correct", |mut con| async move {
+                    pipe.query_async::<()>(&mut con).await
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Deletes this node's entries (shutdown), without announcing leaves.

@@ -24,7 +24,7 @@ use crate::BrokerError;
 const VERIFY_RETRY: Duration = Duration::from_millis(50);
 
 impl PubSub {
-    /// One probe round trip on a fresh connection; other messages are dispatched meanwhile.
+    /// One probe round trip on a fresh connection; other messages are queued meanwhile.
     /// The command connections may not have noticed the outage yet (the first command after a
     /// restart fails with a broken pipe and makes the connection reconnect), so every one is
     /// PINGed and the probe published, retried until `probe_timeout`.
@@ -60,7 +60,7 @@ impl PubSub {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(unavailable("shutting down")),
                 message = stream.next() => match message {
-                    Some(message) => self.dispatch(&message, &mut pending),
+                    Some(message) => self.route(message, &mut pending),
                     None => return Err(unavailable("connection closed")),
                 },
                 _ = tokio::time::sleep_until(deadline) => {

@@ -7,9 +7,12 @@
 //!
 //! 1. [`PubSub::establish`] opens a connection and subscribes the broadcast topic, this
 //!    instance's probe topic and every channel in [`Subscriptions`], in batches.
-//! 2. [`PubSub::run`] (the supervisor task) reads messages in arrival order and hands them to
-//!    [`BrokerEvents`]; Redis delivers one topic's messages in publish order and the publish
-//!    script publishes in offset order, so each channel's events leave in offset order.
+//! 2. [`PubSub::run`] (the supervisor task) reads messages in arrival order and, without ever
+//!    waiting, queues them in a bounded queue (`inbound.rs`); the dispatcher task
+//!    ([`PubSub::run_dispatcher`]) hands them to [`BrokerEvents`] in queue order. Redis
+//!    delivers one topic's messages in publish order and the publish script publishes in
+//!    offset order, so each channel's events leave in offset order. A full queue drops, counts,
+//!    and is followed by [`BrokerEvent::Resync`] once drained.
 //! 3. Every `probe_interval` a nonce is published (over the command connection) to the probe
 //!    topic; if it is not read back within `probe_timeout` the connection is declared dead
 //!    (`probe.rs`).
@@ -19,8 +22,9 @@
 //!    command connection is back) and become healthy again.
 //!
 //! SUBSCRIBE and UNSUBSCRIBE for a channel must reach Redis in the order the table changed, so
-//! every wire (un)subscription — from `subscribe`, the unsubscriber task and `establish` —
-//! holds the `wire` lock from its table change to Redis's confirmation.
+//! every wire (un)subscription — from the subscriber task (`subscriber.rs`, which batches first
+//! subscribes), the unsubscriber task and `establish` — holds the `wire` lock from reading the
+//! table to Redis's confirmation. Callers of `subscribe` never hold it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -35,8 +39,10 @@ use tracing::{debug, info, warn};
 
 use super::codec;
 use super::commands::{map_err, Commands};
+use super::inbound::{Inbound, Inbox};
 use super::keys::Keys;
-use super::subscriptions::Subscriptions;
+use super::subscriber::Waiting;
+use super::subscriptions::{Acquired, Subscriptions};
 use super::RedisBrokerConfig;
 use crate::{BrokerError, BrokerEvent, BrokerEvents};
 
@@ -57,9 +63,13 @@ pub(crate) struct PubSub {
     /// connection is lost; `subscribe` and the unsubscriber clone it to send commands. `None`
     /// means disconnected.
     sink: Mutex<Option<PubSubSink>>,
-    /// Held from a subscription-table change to Redis's confirmation of the matching
-    /// (UN)SUBSCRIBE, so wire commands follow table order.
-    wire: tokio::sync::Mutex<()>,
+    /// Held by the subscriber task, the unsubscriber and `establish` from reading the table to
+    /// Redis's confirmation of the matching (UN)SUBSCRIBE, so wire commands follow table order.
+    pub(crate) wire: tokio::sync::Mutex<()>,
+    /// First subscribes waiting for the subscriber task's next batched SUBSCRIBE.
+    pub(crate) waiting: Waiting,
+    /// Between the reader and the event sink: bounded, see `inbound.rs`.
+    pub(crate) inbox: Inbox,
     healthy: AtomicBool,
     reconnects: AtomicU64,
     started: Instant,
@@ -80,6 +90,7 @@ pub(crate) fn unavailable(what: &str) -> BrokerError {
 
 impl PubSub {
     pub(crate) fn new(client: Client, keys: Keys, config: RedisBrokerConfig) -> Self {
+        let event_queue = config.event_queue;
         Self {
             client,
             keys,
@@ -87,6 +98,8 @@ impl PubSub {
             subs: Subscriptions::default(),
             sink: Mutex::new(None),
             wire: tokio::sync::Mutex::new(()),
+            waiting: Waiting::default(),
+            inbox: Inbox::new(event_queue),
             healthy: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             started: Instant::now(),
@@ -134,7 +147,7 @@ impl PubSub {
         }
     }
 
-    fn current_sink(&self) -> Option<PubSubSink> {
+    pub(crate) fn current_sink(&self) -> Option<PubSubSink> {
         self.sink.lock().expect("sink lock").clone()
     }
 
@@ -152,42 +165,40 @@ impl PubSub {
             self.keys.broadcast().to_string(),
             self.keys.probe().to_string(),
         ];
-        topics.extend(self.subs.all().iter().map(|c| self.keys.topic(c)));
+        let channels = self.subs.all();
+        topics.extend(channels.iter().map(|c| self.keys.topic(c)));
         for batch in topics.chunks(self.config.subscribe_batch) {
             tokio::time::timeout(self.config.command_timeout, sink.subscribe(batch))
                 .await
                 .map_err(|_| unavailable("subscribe timed out"))?
                 .map_err(map_err)?;
         }
+        self.subs.mark_wired(&channels);
         *self.sink.lock().expect("sink lock") = Some(sink);
         self.touch();
         debug!(topics = topics.len(), "redis pub/sub connection subscribed");
         Ok(stream)
     }
 
-    /// Adds a reference to `channel`, subscribing it on the wire if it is new. On error the
-    /// table is as before (the reference is released).
+    /// Adds a reference to `channel`; returns once Redis confirmed its SUBSCRIBE (sent by the
+    /// subscriber task, batched with the other channels waiting). On error the reference is
+    /// given back.
     pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let _wire = tokio::time::timeout(self.config.command_timeout, self.wire.lock())
-            .await
-            .map_err(|_| unavailable("busy reconnecting"))?;
-        let Some(mut sink) = self.current_sink() else {
+        if !self.is_connected() {
             return Err(unavailable("disconnected"));
-        };
-        if !self.subs.acquire(channel) {
+        }
+        if self.subs.acquire(channel) == Acquired::Wired {
             return Ok(());
         }
-        let topic = self.keys.topic(channel);
-        let result = tokio::time::timeout(self.config.command_timeout, sink.subscribe(&topic))
+        let Some(answer) = self.waiting.push(Arc::from(channel)) else {
+            self.subs.abandon(channel);
+            return Err(unavailable("shutting down"));
+        };
+        // The subscriber answers within a bounded time (each SUBSCRIBE is bounded by the
+        // command timeout); it drops the answer only when it stops.
+        answer
             .await
-            .map_err(|_| unavailable("subscribe timed out"))
-            .and_then(|r| r.map_err(map_err));
-        if result.is_err() {
-            // Not subscribed as far as anyone knows; should a timed-out SUBSCRIBE have landed
-            // after all, its messages are dropped as unsubscribed until the next reconnect.
-            self.subs.forget(channel);
-        }
-        result
+            .unwrap_or_else(|_| Err(unavailable("shutting down")))
     }
 
     /// Drops a reference; the wire UNSUBSCRIBE follows after `unsubscribe_delay`.
@@ -281,7 +292,8 @@ impl PubSub {
             }
             let err = match self.establish().await {
                 Ok(mut stream) => {
-                    self.emit(BrokerEvent::Resync);
+                    // Through the queue: after whatever was read before the connection broke.
+                    self.inbox.push(Inbound::Resync);
                     match self.verify(&mut stream, commands, cancel).await {
                         Ok(()) => return Some(stream),
                         Err(err) => err,
@@ -318,7 +330,7 @@ impl PubSub {
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
                 message = stream.next() => match message {
-                    Some(message) => self.dispatch(&message, &mut pending),
+                    Some(message) => self.route(message, &mut pending),
                     None => return Ended::Lost("connection closed"),
                 },
                 _ = sleep_until(deadline) => {
@@ -332,13 +344,53 @@ impl PubSub {
         }
     }
 
-    /// Hands one pub/sub message to the edge.
-    pub(crate) fn dispatch(
+    /// The reader's part, which never waits: notes activity, answers this instance's probe,
+    /// and queues anything else for the dispatcher (dropped and counted when the queue is full).
+    pub(crate) fn route(
         &self,
-        message: &redis::Msg,
+        message: redis::Msg,
         pending: &mut Option<(u64, tokio::time::Instant)>,
     ) {
         self.touch();
+        if message.get_channel_name() == self.keys.probe() {
+            let bytes = message.get_payload_bytes();
+            if pending.is_some_and(|(nonce, _)| codec::decode_probe(bytes) == Some(nonce)) {
+                *pending = None;
+            }
+            return;
+        }
+        self.inbox.push(Inbound::Message(message));
+    }
+
+    /// The dispatcher task: hands queued messages to the edge, in order, until `cancel`; emits
+    /// one [`BrokerEvent::Resync`] after an overflow, once the queue has drained.
+    pub(crate) async fn run_dispatcher(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut rx) = self.inbox.take_receiver() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                item = rx.recv() => match item {
+                    Some(Inbound::Message(message)) => self.dispatch(&message),
+                    Some(Inbound::Resync) => self.emit(BrokerEvent::Resync),
+                    None => return,
+                },
+                _ = self.inbox.overflowed() => {}
+            }
+            if self.inbox.resync_due(&rx) {
+                info!(
+                    dropped_total = self.inbox.dropped(),
+                    "pub/sub event queue drained after an overflow: resync"
+                );
+                self.emit(BrokerEvent::Resync);
+            }
+        }
+    }
+
+    /// Hands one queued pub/sub message to the edge.
+    fn dispatch(&self, message: &redis::Msg) {
         let topic = message.get_channel_name();
         let bytes = message.get_payload_bytes();
         if let Some(channel) = self.keys.channel_of(topic) {
@@ -354,10 +406,6 @@ impl PubSub {
             match codec::decode_broadcast(bytes) {
                 Ok(payload) => self.emit(BrokerEvent::Broadcast(Arc::new(payload))),
                 Err(err) => warn!(cause = %err, "undecodable broadcast dropped"),
-            }
-        } else if topic == self.keys.probe() {
-            if pending.is_some_and(|(nonce, _)| codec::decode_probe(bytes) == Some(nonce)) {
-                *pending = None;
             }
         } else {
             debug!(topic, "message on an unexpected topic");

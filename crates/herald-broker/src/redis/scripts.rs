@@ -5,8 +5,9 @@
 //!   stream left from a lost generation), `HINCRBY` the offset, `XADD` with id `<offset>-0` and
 //!   an exact `MAXLEN`, `PEXPIRE` stream and meta, `PUBLISH` the same bytes to the channel
 //!   topic. Scripts run one at a time, so topic order is offset order.
-//! * `history.lua` — position and entries in one atomic read; creates the epoch if missing so
-//!   a reader gets a cursor before the first publish, and the first publish keeps it.
+//! * `history.lua` — position and entries in one atomic read. It never creates a key: a channel
+//!   nobody published to answers epoch `""`, offset 0 (the first publish makes the epoch, and a
+//!   reader at `""`/0 reads from its offset 1).
 //! * `presence_add.lua`, `presence_remove.lua`, `presence_read.lua` — presence entries with
 //!   expiry stamps from Redis's own clock (`TIME`), so node clocks never disagree; join and
 //!   leave are published on the channel topic in the same step.

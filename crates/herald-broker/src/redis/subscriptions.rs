@@ -1,6 +1,9 @@
 //! Which channels this node receives, with reference counts and delayed release.
 //!
-//! A channel enters the table on its first `subscribe` and is `SUBSCRIBE`d on the wire then.
+//! A channel enters the table on its first `subscribe` and is `SUBSCRIBE`d on the wire then,
+//! by the subscriber task, batched with every other first subscribe waiting (`subscriber.rs`);
+//! `wired` records Redis's confirmation, and a later `subscribe` of a channel not yet wired
+//! waits for it too.
 //! `unsubscribe` only lowers its count; at zero the channel is marked idle and stays
 //! subscribed for `unsubscribe_delay`. That delay is the caller's: zero by default, because
 //! the edge's hub already waits before it unsubscribes; it is kept for users embedding the
@@ -19,6 +22,19 @@ struct Entry {
     refs: u32,
     /// When `refs` fell to zero.
     idle_since: Option<Instant>,
+    /// Redis confirmed a `SUBSCRIBE` of the channel on the current connection.
+    wired: bool,
+}
+
+/// What [`Subscriptions::acquire`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// The channel was not in the table: it needs a `SUBSCRIBE`.
+    New,
+    /// In the table, its `SUBSCRIBE` not yet confirmed: wait for it.
+    Pending,
+    /// Subscribed on the wire already.
+    Wired,
 }
 
 #[derive(Default)]
@@ -41,8 +57,8 @@ impl Subscriptions {
         self.table.lock().expect("subscriptions lock")
     }
 
-    /// Adds one reference; true when the channel was not in the table (it needs a SUBSCRIBE).
-    pub(crate) fn acquire(&self, channel: &str) -> bool {
+    /// Adds one reference; says whether the channel still needs (or waits for) a SUBSCRIBE.
+    pub(crate) fn acquire(&self, channel: &str) -> Acquired {
         let mut table = self.lock();
         let Table { channels, idle } = &mut *table;
         match channels.get_mut(channel) {
@@ -52,7 +68,11 @@ impl Subscriptions {
                 }
                 entry.refs += 1;
                 entry.idle_since = None;
-                false
+                if entry.wired {
+                    Acquired::Wired
+                } else {
+                    Acquired::Pending
+                }
             }
             None => {
                 channels.insert(
@@ -60,9 +80,51 @@ impl Subscriptions {
                     Entry {
                         refs: 1,
                         idle_since: None,
+                        wired: false,
                     },
                 );
-                true
+                Acquired::New
+            }
+        }
+    }
+
+    /// Whether `channel` is in the table without a confirmed SUBSCRIBE.
+    pub(crate) fn needs_wire(&self, channel: &str) -> bool {
+        self.lock()
+            .channels
+            .get(channel)
+            .is_some_and(|entry| !entry.wired)
+    }
+
+    /// Records Redis's confirmation of a SUBSCRIBE of `channels` (those still in the table).
+    pub(crate) fn mark_wired(&self, channels: &[Arc<str>]) {
+        let mut table = self.lock();
+        for channel in channels {
+            if let Some(entry) = table.channels.get_mut(channel) {
+                entry.wired = true;
+            }
+        }
+    }
+
+    /// Gives back a reference whose SUBSCRIBE failed. A channel left without references goes
+    /// (or, should another SUBSCRIBE have wired it meanwhile, waits for its UNSUBSCRIBE like
+    /// any idle channel).
+    pub(crate) fn abandon(&self, channel: &str) {
+        let mut table = self.lock();
+        let Table { channels, idle } = &mut *table;
+        let Some(entry) = channels.get_mut(channel) else {
+            return;
+        };
+        if entry.refs == 0 {
+            return;
+        }
+        entry.refs -= 1;
+        if entry.refs == 0 {
+            if entry.wired {
+                entry.idle_since = Some(Instant::now());
+                *idle += 1;
+            } else {
+                channels.remove(channel);
             }
         }
     }
@@ -81,14 +143,6 @@ impl Subscriptions {
                 true
             }
             _ => false,
-        }
-    }
-
-    /// Removes a channel whatever its count (its SUBSCRIBE failed).
-    pub(crate) fn forget(&self, channel: &str) {
-        let mut table = self.lock();
-        if table.channels.remove(channel).is_some_and(|e| e.refs == 0) {
-            table.idle -= 1;
         }
     }
 
@@ -143,9 +197,13 @@ mod tests {
     #[test]
     fn counts_delay_and_batch() {
         let s = Subscriptions::default();
-        assert!(s.acquire("a"));
-        assert!(!s.acquire("a"));
-        assert!(s.acquire("b"));
+        assert_eq!(s.acquire("a"), Acquired::New);
+        assert_eq!(s.acquire("a"), Acquired::Pending, "not confirmed yet");
+        assert!(s.needs_wire("a"));
+        s.mark_wired(&[Arc::from("a")]);
+        assert!(!s.needs_wire("a"));
+        assert_eq!(s.acquire("b"), Acquired::New);
+        s.mark_wired(&[Arc::from("b")]);
         assert!(!s.has_idle());
         assert!(s.release("a"));
         assert!(s.live("a").is_some());
@@ -158,20 +216,27 @@ mod tests {
         assert_eq!(s.all().len(), 2);
         assert!(s.take_idle(Duration::from_secs(60)).is_empty());
         // Coming back within the delay needs no SUBSCRIBE.
-        assert!(!s.acquire("a"));
+        assert_eq!(s.acquire("a"), Acquired::Wired);
         assert!(!s.has_idle());
         assert!(s.release("a"));
         assert_eq!(&*s.take_idle(Duration::ZERO)[0], "a");
         assert_eq!(s.all().len(), 1);
         assert_eq!(s.live_count(), 1);
         assert!(!s.has_idle());
-        // A failed SUBSCRIBE forgets the channel, and an idle one leaves the count with it.
-        assert!(s.acquire("c"));
-        s.forget("c");
-        assert!(s.acquire("d"));
-        assert!(s.release("d"));
-        s.forget("d");
+        // A failed SUBSCRIBE gives its reference back: an unwired channel leaves the table...
+        assert_eq!(s.acquire("c"), Acquired::New);
+        assert_eq!(s.acquire("c"), Acquired::Pending);
+        s.abandon("c");
+        assert!(s.live("c").is_some(), "the other waiter's reference stays");
+        s.abandon("c");
+        assert!(s.live("c").is_none() && !s.needs_wire("c"));
         assert!(!s.has_idle());
+        // ...a wired one (a reconnect subscribed it meanwhile) waits for its UNSUBSCRIBE.
+        assert_eq!(s.acquire("d"), Acquired::New);
+        s.mark_wired(&[Arc::from("d")]);
+        s.abandon("d");
+        assert!(s.has_idle());
+        assert_eq!(&*s.take_idle(Duration::ZERO)[0], "d");
         assert_eq!(s.live_count(), 1);
     }
 }

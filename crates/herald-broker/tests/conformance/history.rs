@@ -5,26 +5,69 @@ use herald_broker::{HistoryOptions, HistoryQuery, PublishRequest};
 
 use super::{json, json_of, keep, offsets, request, since, Check, Cluster};
 
-/// A channel never published to has a cursor (offset 0, an epoch); the first publish keeps
-/// that epoch, so a reader who took the cursor early misses nothing.
-pub(crate) async fn empty_channel_gives_a_cursor_the_first_publish_keeps(cluster: &impl Cluster) {
+/// A channel never published to is at `{"epoch": "", "offset": 0}` (reading it creates
+/// nothing, so there is no epoch yet). A reader holding that position gets every message from
+/// offset 1 of whatever epoch the first publish makes, `recovered`, on any node; once history no
+/// longer holds offset 1 it is `recovered: false` with nothing returned.
+pub(crate) async fn empty_channel_is_at_no_epoch_and_a_reader_there_gets_everything(
+    cluster: &impl Cluster,
+) {
     let a = cluster.node("a").await;
     let b = cluster.node("b").await;
-    let page = b
-        .history("fresh", HistoryQuery::default(), keep(4))
+    for query in [HistoryQuery::default(), since("", 0, 10)] {
+        let page = b.history("fresh", query, keep(4)).await.unwrap();
+        assert_eq!(
+            (page.position.epoch.as_str(), page.position.offset),
+            ("", 0)
+        );
+        assert!(page.recovered && page.publications.is_empty());
+    }
+    // A foreign epoch, or an offset no channel at "" can have: not recovered.
+    for (epoch, offset) in [("zzzz9999", 0), ("", 1)] {
+        let page = b.history("fresh", since(epoch, offset, 10), keep(4)).await;
+        let page = page.unwrap();
+        assert!(!page.recovered, "since {epoch:?}/{offset}: {page:?}");
+    }
+    // Subscribing makes no epoch either.
+    b.subscribe("fresh").await.unwrap();
+    let page = b.history("fresh", HistoryQuery::default(), keep(4)).await;
+    assert_eq!(page.unwrap().position.epoch, "");
+
+    let first = a
+        .publish(request("fresh", json("1"), keep(4)))
         .await
         .unwrap();
-    assert_eq!(page.position.offset, 0);
-    assert!(page.publications.is_empty());
-    let epoch = page.position.epoch;
-    assert!(!epoch.is_empty());
-    let pos = a.publish(request("fresh", json("1"), keep(4))).await;
-    let pos = pos.unwrap();
-    assert_eq!((pos.epoch.as_str(), pos.offset), (epoch.as_str(), 1));
-    let page = b.history("fresh", since(&epoch, 0, 10), keep(4)).await;
-    let page = page.unwrap();
+    assert!(!first.epoch.is_empty(), "the first publish makes the epoch");
+    assert_eq!(first.offset, 1);
+    for i in 2..=3 {
+        a.publish(request("fresh", json(&i.to_string()), keep(4)))
+            .await
+            .unwrap();
+    }
+    let page = b.history("fresh", since("", 0, 10), keep(4)).await.unwrap();
+    assert!(page.recovered, "{page:?}");
+    assert_eq!(offsets(&page), vec![1, 2, 3]);
+    assert_eq!(json_of(&page.publications[0].payload), "1");
+    assert_eq!(
+        (page.position.epoch.as_str(), page.position.offset),
+        (first.epoch.as_str(), 3),
+        "the answer names the epoch the reader now follows"
+    );
+    // Paged: the first page, still recovered.
+    let page = b.history("fresh", since("", 0, 2), keep(4)).await.unwrap();
     assert!(page.recovered);
-    assert_eq!(offsets(&page), vec![1]);
+    assert_eq!(offsets(&page), vec![1, 2]);
+
+    // History keeps 4: after two more, offset 1 is gone and "" / 0 can no longer be covered.
+    for i in 4..=5 {
+        a.publish(request("fresh", json(&i.to_string()), keep(4)))
+            .await
+            .unwrap();
+    }
+    let page = b.history("fresh", since("", 0, 10), keep(4)).await.unwrap();
+    assert!(!page.recovered && page.publications.is_empty(), "{page:?}");
+    assert_eq!(page.position.offset, 5);
+    b.unsubscribe("fresh").await.unwrap();
 }
 
 /// Size-bounded history: after a position inside the window everything is returned (up to
@@ -68,8 +111,13 @@ pub(crate) async fn history_window_by_size_with_since_and_limit(cluster: &impl C
     // At the top: nothing missed.
     let page = read(since(&epoch, 10, 100)).await;
     assert!(page.recovered && page.publications.is_empty());
-    // Ahead of the top, another epoch, no epoch: not recovered, nothing returned.
-    for (epoch, offset) in [(epoch.as_str(), 11), ("zzzz9999", 9), ("", 9)] {
+    // An empty epoch (a position taken before the channel had one) reads the current epoch.
+    let page = read(since("", 8, 100)).await;
+    assert!(page.recovered);
+    assert_eq!(offsets(&page), vec![9, 10]);
+    // Ahead of the top, another epoch, an empty one past what history holds: not recovered,
+    // nothing returned.
+    for (epoch, offset) in [(epoch.as_str(), 11), ("zzzz9999", 9), ("", 5), ("", 11)] {
         let page = read(since(epoch, offset, 10)).await;
         assert!(
             !page.recovered && page.publications.is_empty(),

@@ -76,7 +76,7 @@ macro_rules! conformance_tests {
             unsubscribe_stops_delivery_after_the_last_reference,
             broadcast_reaches_every_node,
             the_broker_never_owns_its_sink,
-            empty_channel_gives_a_cursor_the_first_publish_keeps,
+            empty_channel_is_at_no_epoch_and_a_reader_there_gets_everything,
             history_window_by_size_with_since_and_limit,
             history_size_zero_keeps_nothing_but_offsets_grow,
             history_window_by_ttl,

@@ -132,7 +132,10 @@ pub(crate) fn read(
         token,
         display,
         timeout,
-        context: RequestContext::new(peer.map(|p| p.ip()), headers),
+        context: RequestContext::new(
+            peer.map(|p| node.limits.client_ip(p.ip(), headers)),
+            headers,
+        ),
     })
 }
 

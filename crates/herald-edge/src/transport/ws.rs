@@ -29,12 +29,15 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::connection::{Connection, ConnectionOptions, Event};
+use crate::connection::{Connection, ConnectionOptions, Event, RateCheck};
 use crate::error::EdgeError;
 use crate::hub::{Delivery, Outbound};
 use crate::identity::{self, IdentifyRequest, Identity, RequestContext};
 use crate::metrics::Transport;
 use crate::node::{ConnectionSlot, Node};
+
+/// Longest close handshake with a slow consumer (4008).
+const SLOW_CLOSE: Duration = Duration::from_millis(500);
 
 /// Most queued items written per wake-up before yielding to reads and timers.
 const BATCH: usize = 64;
@@ -120,11 +123,11 @@ pub(crate) async fn upgrade(
             }
             Admission::Refused(code) => Err(code),
         };
+        let opened = opened.and_then(|(options, slot)| {
+            Connection::open_admitted(&task_node, slot, options).map_err(|e| e.close_code())
+        });
         match opened {
-            Ok((options, slot)) => {
-                let conn = Connection::open_admitted(&task_node, slot, options);
-                run(socket, conn).await
-            }
+            Ok(conn) => run(socket, conn).await,
             Err(code) => {
                 task_node.metrics.disconnect(code);
                 let _ =
@@ -151,8 +154,10 @@ async fn admit(
     if !node.origin_allowed(headers) {
         return Ok(Admission::Refused(CloseCode::Policy));
     }
-    let slot = match node.admit(Transport::Ws) {
+    let address = node.limits.client_ip(peer.ip(), headers);
+    let slot = match node.admit(Transport::Ws, Some(address)) {
         Ok(slot) => slot,
+        Err(e @ EdgeError::RateLimited { .. }) => return Ok(Admission::Refused(e.close_code())),
         Err(_) if node.is_draining() => return Ok(Admission::Refused(CloseCode::Restart)),
         Err(_) => return Ok(Admission::Refused(CloseCode::TryAgainLater)),
     };
@@ -162,7 +167,7 @@ async fn admit(
         &node.config.auth.token_cookie,
     );
     let client = node.new_client_id();
-    let context = RequestContext::new(Some(peer.ip()), headers);
+    let context = RequestContext::new(Some(address), headers);
     let has_proxy = node.proxy.as_ref().is_some_and(|p| p.has_connect());
     if token.is_none() && !has_proxy && !node.config.auth.anonymous_allowed() {
         let options = ConnectionOptions {
@@ -299,6 +304,8 @@ struct Session {
     bytes_out: u64,
     /// Events of the batch being written (kept to reuse its allocation).
     events: Vec<Event>,
+    /// A write timed out (`limits.write_timeout_secs`).
+    stalled: bool,
 }
 
 async fn run(socket: Socket, conn: Connection) {
@@ -311,6 +318,7 @@ async fn run(socket: Socket, conn: Connection) {
         ping_sent: None,
         bytes_out: 0,
         events: Vec::new(),
+        stalled: false,
     };
     let code = tracing::Instrument::instrument(session.serve(), span.clone()).await;
     tracing::debug!(parent: &span, code = code.code(), "websocket closed");
@@ -376,9 +384,16 @@ impl Session {
                 if code == CloseCode::Restart {
                     spread_restart(self.node().config.shutdown_grace()).await;
                 }
-                let _ = tokio::time::timeout(timeout, close(&mut self.socket, code)).await;
+                // A slow consumer's socket is likely full: try the close handshake briefly, so
+                // its queue and slot are released quickly either way.
+                let limit = match code {
+                    CloseCode::SlowConsumer => timeout.min(SLOW_CLOSE),
+                    _ => timeout,
+                };
+                let _ = tokio::time::timeout(limit, close(&mut self.socket, code)).await;
                 code
             }
+            None if self.stalled => CloseCode::SlowConsumer,
             None => CloseCode::Normal,
         }
     }
@@ -455,11 +470,31 @@ impl Session {
         }
     }
 
+    /// Counts one frame against the connection's rates: `Some(flow)` when it must not be
+    /// served (refused with error 112, or the connection closes with 4029).
+    async fn over_rate(&mut self, id: Option<u64>, publish: bool) -> Option<Flow> {
+        match self.conn.count_command(publish) {
+            RateCheck::Allow => None,
+            RateCheck::Refuse(err) => Some(self.reply_error(id, err).await),
+            RateCheck::Close => Some(Flow::Close(CloseCode::RateLimited)),
+        }
+    }
+
     async fn on_text(&mut self, text: &str) -> Flow {
         let request = match ClientFrame::parse(text) {
             Ok(r) => r,
-            Err(err) => return self.reply_error(frame::salvage_id(text), err.into()).await,
+            Err(err) => {
+                let id = frame::salvage_id(text);
+                if let Some(flow) = self.over_rate(id, false).await {
+                    return flow;
+                }
+                return self.reply_error(id, err.into()).await;
+            }
         };
+        let publish = matches!(request, ClientFrame::Publish { .. });
+        if let Some(flow) = self.over_rate(request.id(), publish).await {
+            return flow;
+        }
         let (id, result) = match request {
             ClientFrame::Subscribe {
                 id,
@@ -512,6 +547,9 @@ impl Session {
     }
 
     async fn on_binary(&mut self, data: &Bytes) -> Flow {
+        if let Some(flow) = self.over_rate(binary_request_id(data), true).await {
+            return flow;
+        }
         let publish = match herald_protocol::binary::parse_binary_publish(data) {
             Ok(p) => p,
             Err(err) => return self.reply_error(binary_request_id(data), err.into()).await,
@@ -684,7 +722,7 @@ impl Session {
         // cancellation future is never polled, which would take the token's lock per message.
         tokio::select! {
             biased;
-            r = self.socket.feed(msg) => r.map_err(|_| SessionError::Gone),
+            r = self.socket.feed(msg) => r.map_err(|e| self.gone(e)),
             _ = self.closing.cancelled() => Ok(()),
         }
     }
@@ -693,9 +731,21 @@ impl Session {
         self.flush_metrics();
         tokio::select! {
             biased;
-            r = self.socket.flush() => r.map_err(|_| SessionError::Gone),
+            r = self.socket.flush() => r.map_err(|e| self.gone(e)),
             _ = self.closing.cancelled() => Ok(()),
         }
+    }
+
+    /// A failed write: the socket is gone, or it accepted nothing for `write_timeout_secs`
+    /// (then the session ends as a slow consumer, 4008, without a close handshake it could
+    /// not take either).
+    fn gone(&mut self, err: WsError) -> SessionError {
+        if let WsError::Io(io) = &err {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                self.stalled = true;
+            }
+        }
+        SessionError::Gone
     }
 
     fn flush_metrics(&mut self) {

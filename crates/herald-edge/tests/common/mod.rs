@@ -26,6 +26,11 @@ pub fn config() -> EdgeConfig {
     };
     c.limits.unsubscribe_delay_ms = 50;
     c.limits.shutdown_grace_secs = 1.0;
+    // Tests drive bursts far above a real client's rates from one address; the rate limits
+    // have their own tests (tests/abuse.rs) with their own settings.
+    c.limits.command_rate = 1_000_000;
+    c.limits.publish_rate = 1_000_000;
+    c.limits.connect_rate_per_ip = 1_000_000;
     c
 }
 
