@@ -52,6 +52,16 @@ fn export_health(broker: &Arc<RedisBroker>, metrics: &Arc<Metrics>) {
             "Channels this node is subscribed to in Redis.",
         )
         .expect("metric"),
+        dropped: IntCounter::new(
+            "herald_redis_pubsub_dropped_total",
+            "Pub/sub messages dropped because the intake queue was full (a resync follows).",
+        )
+        .expect("metric"),
+        queued: IntGauge::new(
+            "herald_redis_pubsub_queued_events",
+            "Pub/sub messages waiting in the bounded intake queue.",
+        )
+        .expect("metric"),
     };
     if let Err(err) = metrics.registry().register(Box::new(health)) {
         tracing::warn!(cause = %err, "cannot register the Redis health metrics");
@@ -68,6 +78,9 @@ struct RedisHealth {
     idle: Gauge,
     healthy: IntGauge,
     subscribed: IntGauge,
+    /// A counter: raised by the broker's dropped-event count's growth since the last scrape.
+    dropped: IntCounter,
+    queued: IntGauge,
 }
 
 impl Collector for RedisHealth {
@@ -76,6 +89,8 @@ impl Collector for RedisHealth {
         d.extend(self.idle.desc());
         d.extend(self.healthy.desc());
         d.extend(self.subscribed.desc());
+        d.extend(self.dropped.desc());
+        d.extend(self.queued.desc());
         d
     }
 
@@ -87,11 +102,17 @@ impl Collector for RedisHealth {
             self.idle.set(b.pubsub_idle_secs());
             self.healthy.set(b.is_healthy() as i64);
             self.subscribed.set(b.subscribed_channels() as i64);
+            let dropped = b.dropped_events();
+            self.dropped
+                .inc_by(dropped.saturating_sub(self.dropped.get()));
+            self.queued.set(b.queued_events() as i64);
         }
         let mut m = self.reconnects.collect();
         m.extend(self.idle.collect());
         m.extend(self.healthy.collect());
         m.extend(self.subscribed.collect());
+        m.extend(self.dropped.collect());
+        m.extend(self.queued.collect());
         m
     }
 }

@@ -405,6 +405,10 @@ async fn exposition_passes_promtool_and_has_every_series() {
     let idle = value(&s, "herald_redis_pubsub_idle_seconds", &[]);
     assert!((0.0..8.0).contains(&idle), "{idle}");
     assert!(text.contains("# TYPE herald_redis_reconnects_total counter"));
+    // The bounded pub/sub intake: nothing dropped, nothing left waiting at rest.
+    assert_eq!(value(&s, "herald_redis_pubsub_dropped_total", &[]), 0.0);
+    assert!(text.contains("# TYPE herald_redis_pubsub_dropped_total counter"));
+    assert_eq!(value(&s, "herald_redis_pubsub_queued_events", &[]), 0.0);
     // The process collector (Linux): memory, CPU, file descriptors.
     let rss = value(&s, "process_resident_memory_bytes", &[]);
     assert!(rss > 1e6 && rss < 1e10, "{rss}");

@@ -14,3 +14,15 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// On shutdown, waits a random part of half the grace period, so that the clients of a draining
+/// edge (WebSocket closes, SSE stream ends, poll answers) reconnect spread out, not together.
+pub(crate) async fn spread_restart(grace: std::time::Duration) {
+    use rand::Rng as _;
+    let spread = grace.mul_f64(0.5);
+    if spread.is_zero() {
+        return;
+    }
+    let wait = spread.mul_f64(rand::rng().random_range(0.0..1.0));
+    tokio::time::sleep(wait).await;
+}

@@ -149,6 +149,11 @@ async fn poll(
     conn.count_delivered(&reply.messages);
     if reply.messages.is_empty() && timeout > 0 {
         wait(&mut conn, &mut reply, Duration::from_secs(timeout)).await;
+        if conn.closing().is_cancelled() && conn.close_code() == herald_protocol::CloseCode::Restart
+        {
+            // Draining: answer at a random moment of half the grace, so polls come back spread.
+            crate::transport::spread_restart(node.config.shutdown_grace()).await;
+        }
     }
     conn.flush_metrics();
     tracing::debug!(

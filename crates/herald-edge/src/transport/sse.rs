@@ -29,8 +29,9 @@ use crate::transport::request::{self, StreamRequest};
 /// Most queued items written per wake-up.
 const BATCH: usize = 64;
 
-/// The reconnection delay told to `EventSource`, milliseconds.
-const RETRY_MS: u64 = 2000;
+/// The reconnection delay told to `EventSource`, milliseconds: a random one in this range per
+/// stream, so the browsers of a draining edge do not all come back at the same moment.
+const RETRY_MS: std::ops::RangeInclusive<u64> = 1000..=3000;
 
 /// `GET /sse`.
 pub(crate) async fn handler(
@@ -128,7 +129,11 @@ struct SseStream {
 impl SseStream {
     async fn start(&mut self, req: &StreamRequest) -> Result<(), EdgeError> {
         let mut buf = BytesMut::new();
-        sse::put_retry(&mut buf, RETRY_MS);
+        let retry = {
+            use rand::Rng as _;
+            rand::rng().random_range(RETRY_MS)
+        };
+        sse::put_retry(&mut buf, retry);
         let node = self.conn.node().clone();
         let welcome = sse::encode_welcome(
             self.conn.client(),
@@ -170,6 +175,10 @@ impl SseStream {
             biased;
             _ = closing.cancelled() => {
                 let code = self.conn.close_code();
+                if code == herald_protocol::CloseCode::Restart {
+                    let grace = self.conn.node().config.shutdown_grace();
+                    crate::transport::spread_restart(grace).await;
+                }
                 self.close(code, &mut buf);
             }
             _ = crate::transport::sleep_until(deadline) => {

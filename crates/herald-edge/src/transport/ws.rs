@@ -239,17 +239,6 @@ async fn await_connect(
     }
 }
 
-/// On shutdown, wait a random part of half the grace period so reconnects spread out.
-async fn spread_restart(grace: Duration) {
-    use rand::Rng as _;
-    let spread = grace.mul_f64(0.5);
-    if spread.is_zero() {
-        return;
-    }
-    let wait = spread.mul_f64(rand::rng().random_range(0.0..1.0));
-    tokio::time::sleep(wait).await;
-}
-
 async fn pong_deadline(ping_sent: Option<Instant>, timeout: Duration) {
     match ping_sent {
         Some(sent) => tokio::time::sleep_until(sent + timeout).await,
@@ -382,7 +371,7 @@ impl Session {
         match outcome {
             Some(code) => {
                 if code == CloseCode::Restart {
-                    spread_restart(self.node().config.shutdown_grace()).await;
+                    crate::transport::spread_restart(self.node().config.shutdown_grace()).await;
                 }
                 // A slow consumer's socket is likely full: try the close handshake briefly, so
                 // its queue and slot are released quickly either way.
