@@ -133,8 +133,16 @@ impl WsSession {
                 else {
                     return Ok(());
                 };
-                if let Some(pos) = self.positions[k].as_mut() {
-                    pos.offset = m.offset;
+                // The position is the message's: its epoch too (a channel nobody had published
+                // to when we subscribed answered with the empty epoch).
+                match self.positions[k].as_mut() {
+                    Some(pos) if *pos.epoch == *m.epoch => pos.offset = m.offset,
+                    _ => {
+                        self.positions[k] = Some(StreamPosition {
+                            epoch: m.epoch.to_string(),
+                            offset: m.offset,
+                        })
+                    }
                 }
                 let stamp = payload::decode(m.data.get().as_bytes())?;
                 out.push(Delivery {
