@@ -134,6 +134,12 @@ pub struct HistoryQuery {
     pub since: Option<StreamPosition>,
     /// At most this many publications; 0 only asks for the current position.
     pub limit: usize,
+    /// At most about this many bytes of publications (always at least one publication when
+    /// any is due); 0: no byte bound. The bound holds before anything is loaded into the edge:
+    /// a reader pages through a long history instead of taking it whole. A page cut short by
+    /// it (or by `limit`) ends before the channel's newest offset; the reader continues after
+    /// its last publication.
+    pub max_bytes: usize,
 }
 
 /// The answer to a history read.

@@ -337,13 +337,24 @@ impl Broker for MemoryBroker {
             }
         };
         let publications = if recovered {
-            st.history
+            let due = st
+                .history
                 .iter()
                 .map(|(_, p)| p)
                 .filter(|p| p.offset > start_after)
-                .take(query.limit)
-                .cloned()
-                .collect()
+                .take(query.limit);
+            match (query.max_bytes, &query.since) {
+                (0, _) => due.cloned().collect(),
+                // After a position: the oldest that fit.
+                (max, Some(_)) => within_bytes(due, max),
+                // The newest that fit.
+                (max, None) => {
+                    let due: Vec<&Arc<Publication>> = due.collect();
+                    let mut newest = within_bytes(due.into_iter().rev(), max);
+                    newest.reverse();
+                    newest
+                }
+            }
         } else {
             Vec::new()
         };
@@ -443,6 +454,24 @@ impl Broker for MemoryBroker {
     }
 }
 
+/// The publications of `ordered` while their payloads fit in `max` bytes (at least one).
+fn within_bytes<'a>(
+    ordered: impl Iterator<Item = &'a Arc<Publication>>,
+    max: usize,
+) -> Vec<Arc<Publication>> {
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for p in ordered {
+        let size = p.payload.len();
+        if !out.is_empty() && bytes + size > max {
+            break;
+        }
+        bytes += size;
+        out.push(p.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     //! What only the memory broker has: sweeping and its sweeper. The `Broker` contract itself
@@ -502,6 +531,7 @@ mod tests {
                 HistoryQuery {
                     since: Some(since.clone()),
                     limit: 10,
+                    max_bytes: 0,
                 },
             ];
             for query in queries {

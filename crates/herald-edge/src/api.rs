@@ -287,11 +287,13 @@ pub(crate) async fn api_history(
             }
         }
         let page = node.history(&channel, since, limit).await?;
+        let more = crate::node::page_has_more(&page);
         let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
         let reply = HistoryReply {
             channel: &channel,
             position: &page.position,
             recovered: page.recovered,
+            more,
             messages: frames.iter().map(|d| d.text().as_str()),
         };
         Ok(reply.encode_body())

@@ -222,6 +222,10 @@ pub struct LimitsConfig {
     pub header_read_timeout_secs: u64,
     /// Largest request head (request line and headers), bytes (at least 8192).
     pub max_header_bytes: usize,
+    /// Most bytes of publications one history read may load and answer: a `history` reply, a
+    /// poll reply, or one page of a subscriber's recovery (SSE and WebSocket recovery continue
+    /// page by page; a poll's cursor points at the rest).
+    pub max_reply_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -251,6 +255,7 @@ impl Default for LimitsConfig {
             write_timeout_secs: 10,
             header_read_timeout_secs: 10,
             max_header_bytes: 16 * 1024,
+            max_reply_bytes: 1024 * 1024,
         }
     }
 }
@@ -405,6 +410,9 @@ impl EdgeConfig {
             return bad(
                 "limits.write_timeout_secs and header_read_timeout_secs must be at least 1".into(),
             );
+        }
+        if l.max_reply_bytes < l.max_message_size {
+            return bad("limits.max_reply_bytes must be at least max_message_size".into());
         }
         if l.max_header_bytes < 8192 {
             return bad("limits.max_header_bytes must be at least 8192".into());

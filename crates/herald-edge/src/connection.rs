@@ -298,7 +298,8 @@ impl Connection {
             token,
         )
         .await?;
-        self.join(channel, since).await
+        let mut budget = self.node.config.limits.max_reply_bytes;
+        self.join(channel, since, &mut budget).await
     }
 
     /// Subscribes to several channels at once (SSE and polls): every channel is checked before
@@ -316,9 +317,11 @@ impl Connection {
                 authorize_read(&self.node, &subject, Read::Subscribe, c.name, c.token).await?;
             }
         }
+        // One reply budget for the whole request: a cursor over many channels costs one page.
+        let mut budget = self.node.config.limits.max_reply_bytes;
         let mut out = Vec::with_capacity(channels.len());
         for c in channels {
-            out.push(self.join(c.name, c.since).await?);
+            out.push(self.join(c.name, c.since, &mut budget).await?);
         }
         Ok(out)
     }
@@ -331,18 +334,22 @@ impl Connection {
         since: Option<&StreamPosition>,
     ) -> Result<Subscribed, EdgeError> {
         check_limits(&self.node, &self.subs, &[channel])?;
-        self.join(channel, since).await
+        let mut budget = self.node.config.limits.max_reply_bytes;
+        self.join(channel, since, &mut budget).await
     }
 
+    /// Joins the hub, then reads what the client missed within `budget` bytes (taken off it):
+    /// the rest, if any, is read page by page ([`Connection::catch_up`]).
     async fn join(
         &mut self,
         channel: &str,
         since: Option<&StreamPosition>,
+        budget: &mut usize,
     ) -> Result<Subscribed, EdgeError> {
         let name: Arc<str> = Arc::from(channel);
         self.joined.insert(name.clone());
         let recovered = match self.node.hub.subscribe(channel, &self.handle).await {
-            Ok(()) => self.node.recover(channel, since).await,
+            Ok(()) => self.node.recover(channel, since, *budget).await,
             Err(err) => Err(err),
         };
         let recovered = match recovered {
@@ -353,7 +360,10 @@ impl Connection {
                 return Err(err);
             }
         };
-        self.subs.insert(channel, &recovered.position);
+        let read: usize = recovered.publications.iter().map(|p| p.payload.len()).sum();
+        *budget = budget.saturating_sub(read);
+        self.subs
+            .insert(channel, &recovered.position, recovered.complete);
         if self.options.presence {
             // Recorded first: if this future is dropped mid-add, the drop still removes it.
             self.present.push(name);
@@ -472,6 +482,23 @@ impl Connection {
             }
             Outbound::Resync => self.subs.resync(&self.node, &mut emits).await,
         }
+        self.emit(emits, out);
+    }
+
+    /// Whether history is still to be read for some channel before its live delivery resumes:
+    /// the transport then calls [`Connection::catch_up`] whenever it is otherwise idle.
+    pub(crate) fn is_catching_up(&self) -> bool {
+        self.subs.is_catching_up()
+    }
+
+    /// Reads the next page (at most `limits.max_reply_bytes`) of one catching-up channel.
+    pub(crate) async fn catch_up(&mut self, out: &mut Vec<Event>) {
+        let mut emits: Vec<Emit> = Vec::new();
+        self.subs.catch_up(&self.node, &mut emits).await;
+        self.emit(emits, out);
+    }
+
+    fn emit(&mut self, emits: Vec<Emit>, out: &mut Vec<Event>) {
         let now = herald_broker::now_ms();
         for emit in emits {
             match emit {

@@ -90,6 +90,19 @@ pub(crate) struct Recovered {
     pub(crate) recovered: bool,
     /// Recovered publications, in offset order.
     pub(crate) publications: Vec<Arc<Publication>>,
+    /// Whether `position` is the channel's newest: false when the page was cut short by the
+    /// byte budget (or none was left), and the reader must read on from `position`.
+    pub(crate) complete: bool,
+}
+
+/// Whether a history page stops before the channel's newest message (cut by `limit` or by
+/// `limits.max_reply_bytes`): the reader reads on from its last message.
+pub(crate) fn page_has_more(page: &HistoryPage) -> bool {
+    page.recovered
+        && page
+            .publications
+            .last()
+            .is_some_and(|p| p.offset < page.position.offset)
 }
 
 /// Who publishes: a client (whose own copy may be skipped) or the server API.
@@ -338,20 +351,40 @@ impl Node {
         let limit = limit.unwrap_or(ns.history_size).min(ns.history_size.max(1));
         Ok(self
             .broker
-            .history(channel, HistoryQuery { since, limit }, ns.history())
+            .history(
+                channel,
+                HistoryQuery {
+                    since,
+                    limit,
+                    max_bytes: self.config.limits.max_reply_bytes,
+                },
+                ns.history(),
+            )
             .await?)
     }
 
-    /// Reads what a reader at `since` missed (or only the current position without `since`).
+    /// Reads what a reader at `since` missed (or only the current position without `since`),
+    /// at most about `budget` bytes of it (see [`Recovered::complete`]).
     pub(crate) async fn recover(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
+        budget: usize,
     ) -> Result<Recovered, EdgeError> {
+        if let (Some(since), 0) = (since, budget) {
+            // Nothing left to read with: the reader stays where it is and pages on later.
+            return Ok(Recovered {
+                position: since.clone(),
+                recovered: true,
+                publications: Vec::new(),
+                complete: false,
+            });
+        }
         let ns = self.config.namespace(channel);
         let query = HistoryQuery {
             since: since.cloned(),
             limit: if since.is_some() { ns.history_size } else { 0 },
+            max_bytes: budget,
         };
         let page = self.broker.history(channel, query, ns.history()).await?;
         let Some(since) = since else {
@@ -359,6 +392,7 @@ impl Node {
                 position: page.position,
                 recovered: true,
                 publications: Vec::new(),
+                complete: true,
             });
         };
         let outcome = if page.recovered {
@@ -380,6 +414,7 @@ impl Node {
                 },
                 recovered: true,
                 publications: page.publications,
+                complete: last.max(since.offset) >= page.position.offset,
             });
         }
         // The reader's generation is gone (history lost). Whatever the new generation still
@@ -395,11 +430,13 @@ impl Node {
             let query = HistoryQuery {
                 since: Some(fresh),
                 limit: ns.history_size,
+                max_bytes: budget,
             };
             let again = self.broker.history(channel, query, ns.history()).await?;
             if again.recovered && again.position.epoch == page.position.epoch {
                 let last = again.publications.last().map(|p| p.offset).unwrap_or(0);
                 return Ok(Recovered {
+                    complete: last >= again.position.offset,
                     position: StreamPosition {
                         epoch: again.position.epoch,
                         offset: last,
@@ -413,6 +450,7 @@ impl Node {
             position: page.position,
             recovered: false,
             publications: Vec::new(),
+            complete: true,
         })
     }
 

@@ -14,6 +14,14 @@
 //! the connection missed the first ones, and they are filled from history like any gap (the
 //! broker reads an empty epoch as "from offset 1 of the current epoch"). Whenever a gap fill
 //! recovers, the position adopts the epoch of the page it read.
+//!
+//! History is read in pages of at most `limits.max_reply_bytes`. A recovery or gap fill that
+//! one page cannot finish leaves the channel **catching up**: live publications of that channel
+//! are then not written (history holds them) and the transport calls
+//! [`Subscriptions::catch_up`] whenever it is otherwise idle, one page at a time, until the
+//! position reaches the channel's newest offset and live delivery takes over. In order, no gap,
+//! no duplicate, whatever the reader's distance; `recovered: false` only when history no longer
+//! holds what the reader missed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +47,9 @@ pub(crate) enum Emit {
 struct Position {
     epoch: Arc<str>,
     last: u64,
+    /// History still holds publications after `last` that are to be read page by page before
+    /// live delivery resumes.
+    catching_up: bool,
 }
 
 /// The channels of one connection.
@@ -63,15 +74,35 @@ impl Subscriptions {
         self.channels.keys().cloned().collect()
     }
 
-    /// Records a channel at `position`.
-    pub(crate) fn insert(&mut self, channel: &str, position: &StreamPosition) {
+    /// Records a channel at `position`; `complete` false when history after it is still to be
+    /// read (the channel catches up first).
+    pub(crate) fn insert(&mut self, channel: &str, position: &StreamPosition, complete: bool) {
         self.channels.insert(
             Arc::from(channel),
             Position {
                 epoch: Arc::from(position.epoch.as_str()),
                 last: position.offset,
+                catching_up: !complete,
             },
         );
+    }
+
+    /// Whether any channel is catching up (see [`Subscriptions::catch_up`]).
+    pub(crate) fn is_catching_up(&self) -> bool {
+        self.channels.values().any(|p| p.catching_up)
+    }
+
+    /// Reads the next page of one catching-up channel's history.
+    pub(crate) async fn catch_up(&mut self, node: &Node, out: &mut Vec<Emit>) {
+        let Some((channel, pos)) = self.channels.iter().find(|(_, p)| p.catching_up) else {
+            return;
+        };
+        let channel = channel.clone();
+        let since = StreamPosition {
+            epoch: pos.epoch.to_string(),
+            offset: pos.last,
+        };
+        self.fill_gap(node, &channel, since, u64::MAX, out).await;
     }
 
     /// Forgets a channel; returns whether it was there.
@@ -90,6 +121,9 @@ impl Subscriptions {
         let Some(pos) = self.channels.get_mut(&*p.channel) else {
             return; // unsubscribed meanwhile
         };
+        if pos.catching_up {
+            return; // history holds it; the catch-up reads it in order
+        }
         if pos.epoch.is_empty() && pos.last == 0 && p.offset == 1 {
             // Before everything, and this is the channel's first publication: nothing missed.
             pos.epoch = p.epoch.clone();
@@ -108,7 +142,7 @@ impl Subscriptions {
             let Some(pos) = self.channels.get_mut(&*p.channel) else {
                 return;
             };
-            if *pos.epoch == *p.epoch && p.offset <= pos.last {
+            if pos.catching_up || (*pos.epoch == *p.epoch && p.offset <= pos.last) {
                 return;
             }
             pos.epoch = p.epoch.clone();
@@ -134,7 +168,7 @@ impl Subscriptions {
                 .channels
                 .get_mut(&*p.channel)
                 .expect("still subscribed");
-            if p.offset <= pos.last {
+            if pos.catching_up || p.offset <= pos.last {
                 return;
             }
             pos.last = p.offset;
@@ -167,9 +201,14 @@ impl Subscriptions {
         before: u64,
         out: &mut Vec<Emit>,
     ) {
-        let recovered = node.recover(channel, Some(&since)).await;
+        let budget = node.config.limits.max_reply_bytes;
+        let recovered = node.recover(channel, Some(&since), budget).await;
         let Some(pos) = self.channels.get_mut(channel) else {
             return;
+        };
+        // A page that stopped short of both the channel's top and the gap's end: read on later.
+        let unfinished = |joined: &crate::node::Recovered, last: u64| {
+            !joined.complete && (before == u64::MAX || last.saturating_add(1) < before)
         };
         match recovered {
             Ok(joined) if joined.recovered => {
@@ -178,12 +217,13 @@ impl Subscriptions {
                 if *pos.epoch != *joined.position.epoch {
                     pos.epoch = Arc::from(joined.position.epoch.as_str());
                 }
-                for p in joined.publications {
+                for p in &joined.publications {
                     if p.offset > pos.last && p.offset < before {
                         pos.last = p.offset;
-                        out.push(Emit::Publication(Arc::new(Delivery::new(p))));
+                        out.push(Emit::Publication(Arc::new(Delivery::new(p.clone()))));
                     }
                 }
+                pos.catching_up = unfinished(&joined, pos.last);
             }
             Ok(joined) => {
                 // Lost: say so, then deliver what the new generation still holds.
@@ -194,18 +234,21 @@ impl Subscriptions {
                 out.push(Emit::Reset {
                     channel: channel.clone(),
                     position: StreamPosition {
-                        epoch: joined.position.epoch,
+                        epoch: joined.position.epoch.clone(),
                         offset: pos.last,
                     },
                 });
-                for p in joined.publications {
+                for p in &joined.publications {
                     if p.offset > pos.last && p.offset < before {
                         pos.last = p.offset;
-                        out.push(Emit::Publication(Arc::new(Delivery::new(p))));
+                        out.push(Emit::Publication(Arc::new(Delivery::new(p.clone()))));
                     }
                 }
+                pos.catching_up = unfinished(&joined, pos.last);
             }
             Err(err) => {
+                // Catching up stops too: a later live publication finds the gap again.
+                pos.catching_up = false;
                 // The broker is failing; say so rather than pretend nothing was missed.
                 tracing::warn!(cause = %err, "gap recovery failed");
                 if before != u64::MAX {
@@ -266,6 +309,7 @@ mod tests {
         let newest = HistoryQuery {
             since: None,
             limit: n as usize,
+            max_bytes: 0,
         };
         let page = node.broker.history(channel, newest, history).await.unwrap();
         page.publications
@@ -303,7 +347,7 @@ mod tests {
     async fn the_first_publication_after_no_epoch_is_delivered_and_adopts_its_epoch() {
         let node = node().await;
         let mut subs = Subscriptions::default();
-        subs.insert("c", &before_everything());
+        subs.insert("c", &before_everything(), true);
         let live = publish(&node, "c", 2).await;
         let mut out = Vec::new();
         for d in &live {
@@ -322,7 +366,7 @@ mod tests {
     async fn missed_first_publications_are_recovered_not_reset() {
         let node = node().await;
         let mut subs = Subscriptions::default();
-        subs.insert("c", &before_everything());
+        subs.insert("c", &before_everything(), true);
         let live = publish(&node, "c", 4).await;
         let mut out = Vec::new();
         subs.on_live(&node, live[2].clone(), &mut out).await;
@@ -342,7 +386,7 @@ mod tests {
     async fn a_resync_that_recovers_adopts_the_pages_epoch() {
         let node = node().await;
         let mut subs = Subscriptions::default();
-        subs.insert("c", &before_everything());
+        subs.insert("c", &before_everything(), true);
         let live = publish(&node, "c", 3).await;
         let mut out = Vec::new();
         subs.resync(&node, &mut out).await;
@@ -361,7 +405,7 @@ mod tests {
     async fn before_everything_with_history_gone_is_reset() {
         let node = node().await;
         let mut subs = Subscriptions::default();
-        subs.insert("tiny:c", &before_everything());
+        subs.insert("tiny:c", &before_everything(), true);
         let live = publish(&node, "tiny:c", 5).await;
         let mut out = Vec::new();
         let newest = live.last().unwrap().clone();

@@ -326,6 +326,9 @@ pub struct HistoryReply<'a, M> {
     pub position: &'a StreamPosition,
     /// Whether everything after the reader's `since` is in `messages` (or further pages).
     pub recovered: bool,
+    /// Whether more messages follow the last one (the page was cut by `limit` or by the
+    /// edge's `max_reply_bytes`): read on with `since` at the last message.
+    pub more: bool,
     /// Encoded message frames, in offset order.
     pub messages: M,
 }
@@ -335,6 +338,8 @@ impl<'a, 'm, M: IntoIterator<Item = &'m str>> HistoryReply<'a, M> {
         push_position(out, self.channel, self.position);
         out.push_str(",\"recovered\":");
         out.push_str(if self.recovered { "true" } else { "false" });
+        out.push_str(",\"more\":");
+        out.push_str(if self.more { "true" } else { "false" });
         out.push(',');
         push_messages(out, self.messages);
         out.push('}');
@@ -699,6 +704,7 @@ mod tests {
             channel: "c",
             position: &pos,
             recovered: true,
+            more: true,
             messages: [m],
         };
         let v: serde_json::Value = serde_json::from_str(&reply.encode_frame(Some(4))).unwrap();
@@ -706,10 +712,12 @@ mod tests {
         assert_eq!(v["id"], 4);
         assert_eq!(v["epoch"], "e\"x");
         assert_eq!(v["messages"][0]["offset"], 7);
+        assert_eq!(v["more"], true);
         let none = HistoryReply {
             channel: "c",
             position: &pos,
             recovered: false,
+            more: false,
             messages: std::iter::empty(),
         };
         let v: serde_json::Value = serde_json::from_str(&none.encode_body()).unwrap();

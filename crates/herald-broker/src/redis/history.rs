@@ -42,6 +42,7 @@ impl RedisBroker {
                 query.limit.max(1),
             ),
         };
+        let max_bytes = query.max_bytes;
         let (epoch, top, now_ms, entries): (String, u64, u64, Vec<Vec<u8>>) = self
             .commands
             .run("history", |mut con| async move {
@@ -53,6 +54,7 @@ impl RedisBroker {
                     .arg(reader_epoch)
                     .arg(first_id)
                     .arg(count)
+                    .arg(max_bytes)
                     .invoke_async(&mut con)
                     .await
             })

@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             the_broker_never_owns_its_sink,
             empty_channel_is_at_no_epoch_and_a_reader_there_gets_everything,
             history_window_by_size_with_since_and_limit,
+            history_pages_by_bytes,
             history_size_zero_keeps_nothing_but_offsets_grow,
             history_window_by_ttl,
             presence_lists_members_and_announces_join_and_leave_once,
@@ -209,6 +210,7 @@ pub(crate) fn since(epoch: &str, offset: u64, limit: usize) -> HistoryQuery {
             offset,
         }),
         limit,
+        max_bytes: 0,
     }
 }
 

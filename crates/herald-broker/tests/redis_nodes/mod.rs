@@ -150,6 +150,7 @@ pub(crate) fn since(epoch: &str, offset: u64, limit: usize) -> HistoryQuery {
             offset,
         }),
         limit,
+        max_bytes: 0,
     }
 }
 

@@ -147,7 +147,8 @@ async fn poll(
         reply.cursor.advance(&p.channel, &p.epoch, p.offset);
     }
     conn.count_delivered(&reply.messages);
-    if reply.messages.is_empty() && timeout > 0 {
+    // A page cut short (a reader far behind) is answered at once; its cursor points at the rest.
+    if reply.messages.is_empty() && timeout > 0 && !conn.is_catching_up() {
         wait(&mut conn, &mut reply, Duration::from_secs(timeout)).await;
         if conn.closing().is_cancelled() && conn.close_code() == herald_protocol::CloseCode::Restart
         {

@@ -170,6 +170,27 @@ impl SseStream {
         }
         let mut buf = BytesMut::new();
         let closing = self.conn.closing();
+        if self.conn.is_catching_up() && !closing.is_cancelled() {
+            // Live items first (so the queue does not overflow while history is paged), then
+            // the next page of a channel still catching up.
+            let mut events = std::mem::take(&mut self.events);
+            let mut n = 0;
+            while n < BATCH {
+                let Some(item) = self.conn.try_recv() else {
+                    break;
+                };
+                self.conn.absorb(item, &mut events).await;
+                n += 1;
+            }
+            self.conn.catch_up(&mut events).await;
+            for event in events.drain(..) {
+                self.write_event(event, &mut buf);
+            }
+            self.events = events;
+            self.conn.flush_metrics();
+            self.conn.count_bytes_out(buf.len());
+            return Some(buf.freeze());
+        }
         let deadline = self.conn.deadline();
         tokio::select! {
             biased;

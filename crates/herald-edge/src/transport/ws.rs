@@ -358,6 +358,10 @@ impl Session {
                     Some(item) => self.on_outbound(item).await,
                     None => Flow::Close(CloseCode::Internal),
                 },
+                // When nothing else is ready: the next page of a channel still catching up.
+                _ = std::future::ready(()), if self.conn.is_catching_up() => {
+                    self.on_catch_up().await
+                }
                 _ = ticker.tick() => self.on_tick().await,
                 _ = pong_deadline(self.ping_sent, timeout) => Flow::Close(CloseCode::HeartbeatTimeout),
             };
@@ -634,11 +638,13 @@ impl Session {
         token: Option<&str>,
     ) -> Result<(), SessionError> {
         let page = self.conn.history(channel, since, limit, token).await?;
+        let more = crate::node::page_has_more(&page);
         let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
         let reply = HistoryReply {
             channel,
             position: &page.position,
             recovered: page.recovered,
+            more,
             messages: frames.iter().map(|d| d.text().as_str()),
         };
         self.send_text(reply.encode_frame(id)).await
@@ -673,6 +679,28 @@ impl Session {
         match self.flush().await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Gone,
+        }
+    }
+
+    async fn on_catch_up(&mut self) -> Flow {
+        let mut events = std::mem::take(&mut self.events);
+        self.conn.catch_up(&mut events).await;
+        let mut result = Ok(());
+        for event in events.drain(..) {
+            result = self.write_event(event).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        events.clear();
+        self.events = events;
+        match result {
+            Ok(()) => match self.flush().await {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Gone,
+            },
+            Err(SessionError::Gone) => Flow::Gone,
+            Err(SessionError::Edge(_)) => Flow::Close(CloseCode::Internal),
         }
     }
 

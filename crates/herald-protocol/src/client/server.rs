@@ -611,6 +611,7 @@ mod tests {
             channel: "chat:a",
             position: &pos("e9", 43),
             recovered: true,
+            more: false,
             messages: [a.as_str(), b.as_str()],
         }
         .encode_frame(Some(8));
