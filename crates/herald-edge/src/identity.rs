@@ -133,15 +133,19 @@ pub(crate) fn token_from(
     if let Some(token) = query_token.filter(|t| !t.is_empty()) {
         return Some(token.to_owned());
     }
+    cookie_value(headers, cookie_name).filter(|t| !t.is_empty())
+}
+
+/// The value of the cookie `name`, if the request carries it.
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == cookie_name)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
-        .filter(|t| !t.is_empty())
 }
 
 /// How [`identify`] is asked.

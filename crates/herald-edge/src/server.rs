@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -241,7 +241,7 @@ async fn require_api_key(
 /// Names the edge in `X-Herald-Node` on every response, and sets `herald_node=<node id>` when the browser's cookie names another node (or none), so
 /// nginx keeps it on this edge.
 async fn node_cookie(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let current = cookie_value(req.headers(), NODE_COOKIE);
+    let current = crate::identity::cookie_value(req.headers(), NODE_COOKIE);
     let mut response = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&node.config.node_id) {
         // Which edge answered: for poll clients (no welcome frame) and for debugging nginx.
@@ -257,17 +257,6 @@ async fn node_cookie(State(node): State<Arc<Node>>, req: Request, next: Next) ->
         }
     }
     response
-}
-
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {

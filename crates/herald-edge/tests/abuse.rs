@@ -106,20 +106,6 @@ async fn a_flooding_connection_gets_112_then_4029_while_a_subscriber_keeps_recei
     }
 }
 
-/// Holds tokio's paused clock from auto-advancing while real sockets do their work (see
-/// tests/limits.rs): the buckets then refill only when the test advances time.
-struct HeldClock {
-    _tx: std::sync::mpsc::Sender<()>,
-}
-
-fn hold_clock() -> HeldClock {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    drop(tokio::task::spawn_blocking(move || {
-        let _ = rx.recv_timeout(Duration::from_secs(120));
-    }));
-    HeldClock { _tx: tx }
-}
-
 #[tokio::test(start_paused = true)]
 async fn connects_per_address_are_rated_on_every_transport() {
     let _hold = hold_clock();

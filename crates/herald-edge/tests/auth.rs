@@ -409,20 +409,6 @@ async fn the_channels_claim_subscribes_server_side() {
     assert_eq!(ann.next_op("message").await["data"], "pushed");
 }
 
-/// Holds tokio's paused clock from auto-advancing while real sockets do their work (see
-/// tests/limits.rs).
-struct HeldClock {
-    _tx: std::sync::mpsc::Sender<()>,
-}
-
-fn hold_clock() -> HeldClock {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    drop(tokio::task::spawn_blocking(move || {
-        let _ = rx.recv_timeout(Duration::from_secs(120));
-    }));
-    HeldClock { _tx: tx }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_session_ends_with_4010_at_exp_unless_refreshed() {
     let _hold = hold_clock();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api_publish, config, connect, connect_url, http, start, Client, WAIT};
+use common::{api_publish, config, connect, connect_url, hold_clock, http, start, Client, WAIT};
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald_edge::Edge;
 use serde_json::{json, Value};
@@ -391,20 +391,6 @@ async fn slow_consumer_is_closed_with_4008_while_others_receive_everything() {
 // a pong deadline while the pong is on its way: a spurious timeout. So these tests hold the clock
 // still (tokio does not auto-advance while a blocking task runs) and move it only with
 // `tokio::time::advance`, waiting for events in between.
-
-/// While alive, paused time moves only through `tokio::time::advance`. If a test hangs, the hold
-/// lapses after two minutes, time runs again and the test's own timeouts fail it.
-struct HeldClock {
-    _tx: std::sync::mpsc::Sender<()>,
-}
-
-fn hold_clock() -> HeldClock {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    drop(tokio::task::spawn_blocking(move || {
-        let _ = rx.recv_timeout(Duration::from_secs(120));
-    }));
-    HeldClock { _tx: tx }
-}
 
 /// Waits for `fut` for at most `d` of real (wall-clock) time; paused tokio timers would not fire.
 async fn within_real<F: std::future::Future>(d: Duration, fut: F) -> Option<F::Output> {

@@ -661,30 +661,11 @@ impl Session {
                 item = self.conn.try_recv();
             }
         }
-        let mut result = Ok(());
-        for event in events.drain(..) {
-            result = self.write_event(event).await;
-            if result.is_err() {
-                break;
-            }
-        }
-        events.clear();
-        self.events = events;
-        if let Err(e) = result {
-            return match e {
-                SessionError::Gone => Flow::Gone,
-                SessionError::Edge(_) => Flow::Close(CloseCode::Internal),
-            };
-        }
-        match self.flush().await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Gone,
-        }
+        self.write_events(events).await
     }
 
-    async fn on_catch_up(&mut self) -> Flow {
-        let mut events = std::mem::take(&mut self.events);
-        self.conn.catch_up(&mut events).await;
+    /// Writes a batch of events, then flushes once; keeps the batch's allocation.
+    async fn write_events(&mut self, mut events: Vec<Event>) -> Flow {
         let mut result = Ok(());
         for event in events.drain(..) {
             result = self.write_event(event).await;
@@ -702,6 +683,12 @@ impl Session {
             Err(SessionError::Gone) => Flow::Gone,
             Err(SessionError::Edge(_)) => Flow::Close(CloseCode::Internal),
         }
+    }
+
+    async fn on_catch_up(&mut self) -> Flow {
+        let mut events = std::mem::take(&mut self.events);
+        self.conn.catch_up(&mut events).await;
+        self.write_events(events).await
     }
 
     async fn write_event(&mut self, event: Event) -> Result<(), SessionError> {

@@ -326,3 +326,19 @@ pub async fn connect_raw(edge: &Edge) -> Client {
         node: String::new(),
     }
 }
+
+/// Holds tokio's paused clock: while alive, paused time moves only through
+/// `tokio::time::advance` (a pending blocking task keeps the runtime from auto-advancing while
+/// real sockets do their work). If a test hangs, the hold lapses after two minutes, time runs
+/// again and the test's own timeouts fail it.
+pub struct HeldClock {
+    _tx: std::sync::mpsc::Sender<()>,
+}
+
+pub fn hold_clock() -> HeldClock {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    drop(tokio::task::spawn_blocking(move || {
+        let _ = rx.recv_timeout(Duration::from_secs(120));
+    }));
+    HeldClock { _tx: tx }
+}
