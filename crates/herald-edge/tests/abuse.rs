@@ -337,3 +337,74 @@ async fn a_request_head_that_never_ends_is_cut_off() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_redis_at_maxmemory_refuses_publishes_with_111_and_acknowledges_nothing_it_lost() {
+    use herald_testkit::redis::RedisServer;
+    let redis = RedisServer::start_with_args(
+        None,
+        false,
+        &["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"],
+    );
+    let mut c = config();
+    c.redis_url = Some(redis.url());
+    let edge = start(c).await;
+    let mut pubr = connect(&edge).await;
+    let body = "m".repeat(4000);
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut refused = 0;
+    for i in 0..3000u64 {
+        let channel = format!("full:{}", i % 30);
+        let r = pubr
+            .request(
+                json!({"op":"publish","channel":channel,"data":{"i": i, "b": body}}),
+                i + 1,
+            )
+            .await;
+        match r["op"].as_str() {
+            Some("ack") => acked.push((channel, r["offset"].as_u64().unwrap())),
+            Some("error") => {
+                assert_eq!(r["code"], 111, "{r}");
+                refused += 1;
+                if refused >= 20 {
+                    break;
+                }
+            }
+            other => panic!("{other:?}: {r}"),
+        }
+    }
+    assert!(
+        refused >= 20,
+        "Redis never filled up ({} acked)",
+        acked.len()
+    );
+    // Every acknowledged publication is in history: count them per channel.
+    let mut per_channel = std::collections::BTreeMap::<String, u64>::new();
+    for (ch, offset) in &acked {
+        let top = per_channel.entry(ch.clone()).or_default();
+        *top = (*top).max(*offset);
+    }
+    for (ch, top) in per_channel {
+        let r: Value = reqwest::get(format!("{}/api/history/{ch}?limit=1000", http(&edge)))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            r["offset"], top,
+            "{ch}: the newest offset is the last acknowledged one"
+        );
+        let offsets: Vec<u64> = r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            offsets,
+            (1..=top).collect::<Vec<u64>>(),
+            "{ch}: nothing acknowledged was lost"
+        );
+    }
+}
