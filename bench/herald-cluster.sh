@@ -5,8 +5,9 @@
 # no API key (the loadtest publishes through nginx's /api/publish from loopback); no identity
 # (HERALD_CLUSTER_AUTH=off: no HMAC secret, anonymous clients, every channel open), since the
 # loadtest's clients carry no token; and bench/herald-bench.toml, which lifts the per-address
-# rate limits that thousands of loadtest sockets from one address would hit -- what is measured
-# is what it always was.
+# rate limits that thousands of loadtest sockets from one address would hit; for the same reason
+# nginx is rendered without its per-address limits (--no-limits) and Redis has no maxmemory --
+# what is measured is what it always was.
 # For bench/run.sh: HERALD_CLUSTER_CMD=bench/herald-cluster.sh
 #
 #   bench/herald-cluster.sh up      start; prints HERALD_URLS=<nginx url> and
@@ -36,6 +37,7 @@ INFRA_CPUS="${INFRA_CPUS-${SERVER_CPUS:-}}"
 REAL_BIN="$(realpath "${HERALD_BIN:-$REPO_DIR/target/release/herald}")"
 
 export HERALD_CLUSTER_DIR="$CL_DIR" HERALD_CLUSTER_PROMETHEUS=0 HERALD_CLUSTER_API_KEY="" HERALD_CLUSTER_AUTH=off \
+    HERALD_CLUSTER_NGINX_LIMITS="--no-limits" HERALD_CLUSTER_REDIS_MAXMEMORY="${HERALD_CLUSTER_REDIS_MAXMEMORY:-0}" \
     HERALD_CLUSTER_CONFIG="${HERALD_CLUSTER_CONFIG:-$REPO_DIR/bench/herald-bench.toml}" \
     HERALD_CLUSTER_GRACE="${HERALD_CLUSTER_GRACE:-5}" RUST_LOG="${RUST_LOG:-warn}"
 

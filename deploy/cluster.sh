@@ -25,6 +25,14 @@
 #   HERALD_CLUSTER_EDGE_PORTS ["" = free]  e.g. "18081 18082 18083"
 #   HERALD_CLUSTER_METRICS_PORTS [free]    e.g. "19091 19092 19093"
 #   HERALD_CLUSTER_REDIS_PORT [free]
+#   HERALD_CLUSTER_REDIS_PASSWORD [random] Redis `requirepass` (generated at `up`, kept in cluster.env,
+#                                          mode 600; "" = none). Redis reads it from a mode-600 config
+#                                          file, the edges from HERALD_REDIS_URL in their environment:
+#                                          never on a command line. redis-cli: REDISCLI_AUTH=<password>
+#   HERALD_CLUSTER_REDIS_MAXMEMORY [256mb] Redis `maxmemory`, policy volatile-lru (deploy/README.md)
+#   HERALD_CLUSTER_NGINX_LIMITS [""]       extra nginx/render.sh options for the rate limits, e.g.
+#                                          "--limit-open 100/200" or "--no-limits" (benchmarks);
+#                                          empty: the defaults of nginx/render.sh (deploy/README.md)
 #   HERALD_CLUSTER_PROMETHEUS_PORT [9090]  HERALD_CLUSTER_PROMETHEUS=0 to run without Prometheus
 #   HERALD_CLUSTER_API_KEY [local-dev-key] the edges' --api-key ("" for none)
 #   HERALD_CLUSTER_AUTH [dev]              identity (docs/SECURITY.md):
@@ -197,6 +205,9 @@ plan() {
   [[ ${#metrics_ports[@]} == "$n" ]] || die "HERALD_CLUSTER_METRICS_PORTS needs $n ports"
   local port="${HERALD_CLUSTER_PORT:-8080}" prom_port="${HERALD_CLUSTER_PROMETHEUS_PORT:-9090}"
   local auth="${HERALD_CLUSTER_AUTH:-dev}" secret="" config
+  # URL-safe (it goes into the Redis URL as is).
+  local redis_password="${HERALD_CLUSTER_REDIS_PASSWORD-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}"
+  [[ "$redis_password" =~ ^[A-Za-z0-9._~-]*$ ]] || die "HERALD_CLUSTER_REDIS_PASSWORD: use only A-Z a-z 0-9 . _ ~ - (it goes into a URL)"
   case "$auth" in
     dev) secret="${HERALD_CLUSTER_JWT_SECRET:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')}"
          config="${HERALD_CLUSTER_CONFIG-$ROOT/deploy/herald.toml}" ;;
@@ -214,7 +225,11 @@ plan() {
     echo "HERALD_CLUSTER_URL=http://127.0.0.1:$port"
     echo "HERALD_CLUSTER_WS_URL=ws://127.0.0.1:$port/ws"
     echo "HERALD_CLUSTER_REDIS_PORT=$redis_port"
-    echo "HERALD_CLUSTER_REDIS_URL=redis://127.0.0.1:$redis_port"
+    # The URL carries the password (cluster.env is mode 600); the edges get it in their environment.
+    printf 'HERALD_CLUSTER_REDIS_PASSWORD=%q\n' "$redis_password"
+    printf 'HERALD_CLUSTER_REDIS_URL=%q\n' "redis://${redis_password:+:$redis_password@}127.0.0.1:$redis_port"
+    printf 'HERALD_CLUSTER_REDIS_MAXMEMORY=%q\n' "${HERALD_CLUSTER_REDIS_MAXMEMORY:-256mb}"
+    printf 'HERALD_CLUSTER_NGINX_LIMITS=%q\n' "${HERALD_CLUSTER_NGINX_LIMITS:-}"
     echo "HERALD_CLUSTER_PROMETHEUS_PORT=$prom_port"
     echo "HERALD_CLUSTER_PROMETHEUS_URL=http://127.0.0.1:$prom_port"
     echo "HERALD_CLUSTER_WITH_PROMETHEUS=$WITH_PROM"
@@ -245,11 +260,22 @@ http_code() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$@" 2>/dev/null || tr
 start_redis() {
   running_pid redis >/dev/null && return 0
   port_busy "$HERALD_CLUSTER_REDIS_PORT" && die "redis port $HERALD_CLUSTER_REDIS_PORT is in use"
-  spawn redis redis-server --bind 127.0.0.1 --port "$HERALD_CLUSTER_REDIS_PORT" --protected-mode yes \
-    --dir "$RUN/redis" --save "" --appendonly no --daemonize no --logfile ""
+  # The password goes in through a config file only the owner can read, not the command line
+  # (which the start line in the log and `ps` would show).
+  rm -f "$RUN/redis/redis.conf"
+  ( umask 077
+    { echo "# written by deploy/cluster.sh up; see deploy/README.md (Redis)"
+      [[ -z "${HERALD_CLUSTER_REDIS_PASSWORD:-}" ]] || echo "requirepass $HERALD_CLUSTER_REDIS_PASSWORD"
+      echo "maxmemory $HERALD_CLUSTER_REDIS_MAXMEMORY"
+      echo "maxmemory-policy volatile-lru"; } >"$RUN/redis/redis.conf" )
+  spawn redis redis-server "$RUN/redis/redis.conf" --bind 127.0.0.1 --port "$HERALD_CLUSTER_REDIS_PORT" \
+    --protected-mode yes --dir "$RUN/redis" --save "" --appendonly no --daemonize no --logfile ""
 }
 
-redis_ok() { [[ "$(redis-cli -h 127.0.0.1 -p "$HERALD_CLUSTER_REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+redis_ok() {
+  [[ "$(REDISCLI_AUTH="${HERALD_CLUSTER_REDIS_PASSWORD:-}" redis-cli --no-auth-warning -h 127.0.0.1 \
+        -p "$HERALD_CLUSTER_REDIS_PORT" ping 2>/dev/null)" == PONG ]]
+}
 
 start_edge() {
   local name="$1" port mport
@@ -258,14 +284,14 @@ start_edge() {
   port_busy "$port" && die "$name port $port is in use"
   port_busy "$mport" && die "$name metrics port $mport is in use"
   local args=(--listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --node-id "$name"
-              --redis-url "$HERALD_CLUSTER_REDIS_URL" --shutdown-grace "$GRACE" --log-format "$LOG_FORMAT")
+              --shutdown-grace "$GRACE" --log-format "$LOG_FORMAT")
   [[ -n "$HERALD_CLUSTER_API_KEY" ]] && args+=(--api-key "$HERALD_CLUSTER_API_KEY")
   [[ -n "${HERALD_CLUSTER_CONFIG:-}" ]] && args+=(--config "$HERALD_CLUSTER_CONFIG")
   # Only what is passed explicitly configures the edges: drop any HERALD_* from the caller. The
-  # HMAC secret goes in through the environment (empty: no key), so that neither `ps` nor the
-  # start line written to the log shows it.
-  HERALD_JWT_SECRET="${HERALD_CLUSTER_JWT_SECRET:-}" \
-  spawn "$name" env $(env | grep -o '^HERALD_[A-Z_]*' | grep -v -e '^HERALD_CLUSTER' -e '^HERALD_JWT_SECRET$' | sed 's/^/-u /') \
+  # HMAC secret and the Redis URL (it holds the password) go in through the environment (empty
+  # secret: no key), so that neither `ps` nor the start line written to the log shows them.
+  HERALD_JWT_SECRET="${HERALD_CLUSTER_JWT_SECRET:-}" HERALD_REDIS_URL="$HERALD_CLUSTER_REDIS_URL" \
+  spawn "$name" env $(env | grep -o '^HERALD_[A-Z_]*' | grep -v -e '^HERALD_CLUSTER' -e '^HERALD_JWT_SECRET$' -e '^HERALD_REDIS_URL$' | sed 's/^/-u /') \
     RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$HERALD_BIN" "${args[@]}"
 }
 
@@ -275,7 +301,8 @@ render_nginx() {
   local args=() n
   for n in $(edge_names); do args+=("$n=127.0.0.1:$(edge_var "$n" PORT)"); done
   for n in client_body proxy fastcgi uwsgi scgi; do mkdir -p "$RUN/nginx/tmp/$n"; done
-  "$ROOT/nginx/render.sh" --listen "127.0.0.1:$HERALD_CLUSTER_PORT" \
+  # shellcheck disable=SC2086  # HERALD_CLUSTER_NGINX_LIMITS is a list of options
+  "$ROOT/nginx/render.sh" --listen "127.0.0.1:$HERALD_CLUSTER_PORT" ${HERALD_CLUSTER_NGINX_LIMITS:-} \
     --error-log "$RUN/logs/nginx.log" --access-log "$RUN/logs/nginx-access.log" \
     --temp-dir "$RUN/nginx/tmp" "${args[@]}" >"$RUN/nginx/nginx.conf.new"
   mv "$RUN/nginx/nginx.conf.new" "$RUN/nginx/nginx.conf"
@@ -465,6 +492,6 @@ case "$cmd" in
       stop_procs TERM "$n"; start_one "$n"; say "$n ready"
     done ;;
   clean) cmd_down; rm -rf "$RUN"; say "removed $RUN" ;;
-  -h|--help|help|"") sed -n '2,44p' "$0" ;;
+  -h|--help|help|"") sed -n '2,52p' "$0" ;;
   *) die "unknown command '$cmd' (up|down|status|logs|env|stop|kill|start|restart|rolling-restart|clean)" ;;
 esac

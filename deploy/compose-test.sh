@@ -6,6 +6,9 @@
 #      long-poll; fan-out across edges; cookie stickiness and least_conn spread; /metrics hidden and
 #      /api guarded; Prometheus sees the three edges up; SIGTERM of an edge (1012, resume, restart)
 #      and `docker kill` of another (clients move to live edges and resume with nothing lost);
+#      last, nginx's per-address rate limits (a burst gets 429, another address -- a curl inside
+#      edge3's container -- is still served); and Redis: a client without the password is refused,
+#      maxmemory and the volatile-lru policy are set;
 #   4. tear down (containers, network, volumes), keeping the logs in .run/compose-test/.
 #
 # Environment: HERALD_COMPOSE_PROJECT [heraldci], HERALD_HTTP_PORT [8080],
@@ -28,6 +31,14 @@ mkdir -p "$OUT"
 "$ROOT/deploy/images.sh" >/dev/null
 eval "$("$ROOT/deploy/images.sh" env)"
 PY="$("$ROOT/tests-deploy/python.sh")"
+# nginx: the committed nginx/nginx.conf's rendering (nginx/render.sh) with one TEST-ONLY change:
+# new WebSocket/SSE connections per address 50/s burst 100 instead of 20/s burst 40, since the
+# checks open ~50 sockets within a second from one address. cluster_check.py is told the values
+# and checks that a burst beyond them gets 429 from nginx.
+NGINX_OPEN="${HERALD_TEST_NGINX_OPEN:-50/100}" NGINX_REQ="${HERALD_TEST_NGINX_REQ:-100/200}"
+"$ROOT/nginx/render.sh" --limit-open "$NGINX_OPEN" --limit-req "$NGINX_REQ" \
+  edge1=edge1:8080 edge2=edge2:8080 edge3=edge3:8080 >"$OUT/nginx.conf"
+export HERALD_NGINX_CONFIG="$OUT/nginx.conf"
 
 teardown() {
   local rc=$?
@@ -82,5 +93,16 @@ DC="docker-compose -p $PROJECT -f $ROOT/docker-compose.yml"
   --api-key "$HERALD_API_KEY" --rules "$ROOT/deploy/herald-rules.yml" --rules "$ROOT/deploy/grafana/herald-dashboard.json" \
   --stop-cmd "$DC stop -t 30 {node}" --start-cmd "$DC start {node}" --drain-victim edge1 \
   --kill-cmd "$DC kill {node}" --kill-victim edge2 --auth dev \
+  --nginx-limits "open=$NGINX_OPEN,req=$NGINX_REQ" \
+  --other-client-cmd "$DC exec -T edge3 curl -s -o /dev/null -m 10 -w %{http_code} http://nginx:8080{path}" \
   2>&1 | tee "$OUT/cluster_check.log"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+
+# Redis: requirepass and maxmemory from docker-compose.yml.
+noauth="$(dc exec -T redis sh -c 'unset REDISCLI_AUTH; redis-cli ping' 2>&1 || true)"
+if grep -q NOAUTH <<<"$noauth"; then say "ok   redis refuses a client without the password ($noauth)"
+else say "FAIL redis answered a client without the password: $noauth"; rc=1; fi
+mem="$(dc exec -T redis redis-cli --no-auth-warning config get maxmemory-policy 2>&1 | tr -d '\r' | tr '\n' ' ')"
+if grep -q 'maxmemory-policy volatile-lru' <<<"$mem"; then say "ok   redis (with the password): $mem"
+else say "FAIL redis maxmemory-policy: $mem"; rc=1; fi
+exit "$rc"

@@ -23,6 +23,11 @@ per client, and checks:
     `Authorization: Bearer`; SSE and poll: `?token=`; POST /publish: `Authorization: Bearer` and
     `client` naming the caller's SSE stream, so it publishes as a subscriber), and every welcome
     must name the token's user.
+  * nginx rate limits (last, --nginx-limits): a burst from one address beyond rate+burst on
+    /ws+/sse and on /poll+/publish gets nginx's own 429 (JSON body, code 112, Retry-After) for the
+    excess while nginx let at least the burst through; meanwhile a client from another address
+    (--other-client-cmd, or 127.0.0.2 when nginx is on loopback) is served; and once the bucket
+    has refilled the first address is served again.
 
 Exit status 0 when every check passed. Only the `websockets` package is needed
 (tests-deploy/requirements.txt).
@@ -133,14 +138,16 @@ class Http:
     """A minimal HTTP/1.1 client over asyncio streams (chunked + content-length), so SSE and
     long-poll can be read incrementally and no proxy settings from the environment apply."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, source: str | None = None):
         u = urllib.parse.urlsplit(base)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or 80
+        self.local_addr = (source, 0) if source else None  # the client address to connect from
 
     async def open(self, method: str, path: str, headers: dict[str, str] | None = None,
                    body: bytes | None = None, timeout: float = 10.0) -> "Response":
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port, local_addr=self.local_addr), timeout)
         h = {"Host": f"{self.host}:{self.port}", "User-Agent": "herald-cluster-check",
              "Accept": "*/*", "Connection": "close"}
         h.update(headers or {})
@@ -980,6 +987,90 @@ async def check_identity(cl: Cluster) -> None:
           f"{r.status} {r.body[:160]!r}")
 
 
+def parse_limits(spec: str) -> dict[str, tuple[int, int]]:
+    """`open=20/40,req=100/200` -> {"open": (20, 40), "req": (100, 200)}; a zone set to 0 is left out."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        zone, _, value = part.partition("=")
+        if value.strip() != "0":
+            rate, _, burst = value.partition("/")
+            out[zone.strip()] = (int(rate), int(burst))
+    return out
+
+
+def is_proxy_429(r: "Response") -> bool:
+    """nginx's own 429 (@herald_limited), not one passed on from an edge (which names itself)."""
+    return r.status == 429 and b"(proxy)" in r.body and r.header("X-Herald-Node") is None
+
+
+async def other_client_status(cl: Cluster, path: str) -> str:
+    """The status of GET `path` sent from another client address than this process's."""
+    if cl.args.other_client_cmd:
+        import shlex
+        rc, out = await run_cmd(cl.args.other_client_cmd.replace("{path}", shlex.quote(path)))
+        return out.strip()[-200:] if rc == 0 else f"command failed ({rc}): {out.strip()[-200:]}"
+    r = await Http(cl.url, source="127.0.0.2").request("GET", path)
+    return str(r.status)
+
+
+async def check_nginx_limits(cl: Cluster) -> None:
+    """limit_req per client address: a burst of 3x(burst+1) requests at once from this address;
+    nginx must let at least burst+1 through and refuse the excess with its own 429."""
+    limits = parse_limits(cl.args.nginx_limits)
+    local = cl.http.host in ("127.0.0.1", "localhost", "::1")
+    if not cl.args.other_client_cmd and not local:
+        log("info no --other-client-cmd and nginx is not on loopback: the other-address check is skipped")
+    zones = [("open", "/ws", "WebSocket/SSE opens"), ("req", "/poll", "polls/publishes")]
+    for zone, path, what in zones:
+        if zone not in limits:
+            log(f"info nginx zone {zone} not checked (not in --nginx-limits)")
+            continue
+        rate, burst = limits[zone]
+        n = 3 * (burst + 1)
+        target = f"{path}?channel=deploy:limit-{rand_id()}&timeout=0"
+        sem = asyncio.Semaphore(128)
+
+        async def one() -> tuple[int, bool, str | None]:
+            async with sem:
+                try:
+                    r = await cl.http.request("GET", target, timeout=15)
+                    return r.status, is_proxy_429(r), r.header("Retry-After")
+                except Exception as e:  # noqa: BLE001
+                    return -1, False, repr(e)
+
+        for attempt in (1, 2):
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(one() for _ in range(n)))
+            elapsed = time.monotonic() - t0
+            # Conclusive only if the burst came faster than the bucket refills (a slow machine or
+            # proxy path): else wait for the refill and send it once more.
+            if n > burst + 1 + rate * elapsed + 10 or attempt == 2:
+                break
+            log(f"info {n} requests took {elapsed:.2f}s, too slow to exceed rate+burst; once more")
+            await asyncio.sleep(burst / rate + 0.5)
+        refused = [r for r in results if r[1]]
+        passed = [r for r in results if not r[1] and r[0] > 0]
+        errors = [r for r in results if r[0] <= 0]
+        allowed = burst + 1 + rate * elapsed
+        detail = (f"{n} requests in {elapsed:.2f}s: {len(passed)} passed on to the edges, {len(refused)} "
+                  f"refused by nginx, {len(errors)} errors; rate {rate}/s burst {burst} allow <= {allowed:.0f}")
+        check(not errors and len(refused) > 0 and burst + 1 <= len(passed) <= allowed + 2,
+              f"nginx limit_req on {path} ({what}): a burst beyond rate+burst from one address gets nginx's 429, "
+              f"the burst itself is served", detail)
+        if refused:
+            check(all(r[2] == "1" for r in refused), "nginx's 429 carries Retry-After: 1",
+                  str({r[2] for r in refused}))
+        if cl.args.other_client_cmd or local:
+            status = await other_client_status(cl, target)
+            check(status.isdigit() and status != "429",
+                  f"while this address is limited on {path}, a client from another address is served",
+                  f"status {status}")
+        await asyncio.sleep(burst / rate + 0.5)
+        r = await cl.http.request("GET", target)
+        check(not is_proxy_429(r), f"{burst / rate + 0.5:.1f}s later (the bucket refilled) this address is served again on {path}",
+              f"{r.status}")
+
+
 async def main_async(args) -> None:
     global IDENTITY
     cl = Cluster(args)
@@ -1012,6 +1103,8 @@ async def main_async(args) -> None:
         victim = args.kill_victim
         await failover(cl, victim, args.kill_cmd.format(node=victim), "kill", args.messages, None)
         await check_prometheus(cl, len(cl.nodes) - 1, [victim])
+    if args.nginx_limits:
+        await check_nginx_limits(cl)
 
 
 def main() -> int:
@@ -1030,6 +1123,12 @@ def main() -> int:
     ap.add_argument("--auth", choices=["auto", "dev", "off"], default="auto",
                     help="dev: the cluster must require tokens and serve GET /dev/token (checked); "
                          "off: connect anonymously; auto: dev when /dev/token answers 200")
+    ap.add_argument("--nginx-limits", default="open=20/40,req=100/200",
+                    help="nginx's limit_req values (nginx/render.sh --limit-open / --limit-req) to check, "
+                         "as open=RATE/BURST,req=RATE/BURST; '' skips the check")
+    ap.add_argument("--other-client-cmd",
+                    help="shell command that GETs {path} from nginx from another client address and prints "
+                         "only the HTTP status (default when nginx is on loopback: connect from 127.0.0.2)")
     args = ap.parse_args()
     try:
         asyncio.run(asyncio.wait_for(main_async(args), args.messages * 0.5 + 400))

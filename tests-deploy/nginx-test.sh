@@ -6,7 +6,12 @@
 #   3. routing behaviour against three stand-in edges (tiny nginx servers that answer with their
 #      node id and set the herald_node cookie like the edge does): cookie affinity, least_conn
 #      spread for new clients, failover when the named edge is down or answers 503, WebSocket
-#      upgrade headers passed upstream, /metrics 404, /api proxied from loopback.
+#      upgrade headers passed upstream, /metrics 404, /api proxied from loopback, X-Forwarded-For
+#      set to the client's address (a client-supplied one is not passed on);
+#   4. the rate limits, on a second rendering with tiny limits: limit_req on /ws+/sse and on
+#      /poll+/publish answers nginx's own 429 (JSON, Retry-After) beyond rate+burst, per client
+#      address (another loopback address is still served), the demo page / healthz / api are not
+#      limited, and limit_conn counts requests in progress (against a stand-in that never answers).
 # Everything runs as plain processes on random free ports under a temp dir, removed at exit.
 set -euo pipefail
 
@@ -15,6 +20,7 @@ T="$(mktemp -d "${TMPDIR:-/tmp}/herald-nginx-test.XXXXXX")"
 pids=()
 cleanup() {
   for f in "$T"/*/nginx.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.2; rm -rf "$T"
 }
 trap cleanup EXIT
@@ -37,7 +43,7 @@ declare -A EP
 start_standin() {  # name mode(ok|draining)
   local name=$1 mode=$2 dir="$T/$1" port=${EP[$1]}
   mkdir -p "$dir"
-  local body='return 200 "node=NAME upgrade=$http_upgrade connection=$http_connection uri=$request_uri\n";'
+  local body='return 200 "node=NAME upgrade=$http_upgrade connection=$http_connection uri=$request_uri xff=$http_x_forwarded_for\n";'
   [[ $mode == draining ]] && body='return 503 "draining NAME\n";'
   cat > "$dir/nginx.conf" <<CONF
 worker_processes 1;
@@ -104,6 +110,10 @@ check "WebSocket: Upgrade/Connection forwarded upstream ($resp)" grep -q 'upgrad
 resp="$(get -b herald_node=edge2 "$U/poll?channel=a")"
 check "plain request: empty Connection upstream (keepalive) ($resp)" grep -q 'upgrade= connection= ' <<<"$resp"
 
+resp="$(get -H 'X-Forwarded-For: 6.6.6.6' -b herald_node=edge2 "$U/healthz")"
+check "X-Forwarded-For is set to the client's address, a client-supplied one is dropped ($resp)" \
+  grep -q 'xff=127.0.0.1$' <<<"$resp"
+
 code="$(curl -s -o /dev/null -w '%{http_code}' "$U/metrics")"
 check "/metrics through nginx is 404 ($code)" test "$code" = 404
 code="$(curl -s -o /dev/null -w '%{http_code}' "$U/metrics/x")"
@@ -111,6 +121,52 @@ check "/metrics/x through nginx is 404 ($code)" test "$code" = 404
 resp="$(get "$U/api/info")"
 check "/api/* from loopback is proxied ($resp)" grep -q 'uri=/api/info' <<<"$resp"
 check "nginx.conf denies /api from public addresses" grep -q 'deny all;' "$T/proxy/nginx.conf"
+
+# 4. rate limits: a second nginx in front of the same stand-ins, with tiny limits, plus an edge
+# "slow" that accepts connections and never answers (a request to it stays in progress).
+L=$(free_port); SLOW=$(free_port)
+python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',$SLOW)); s.listen(64); time.sleep(120)" &
+pids+=($!)
+mkdir -p "$T/limits/tmp"; for t in client_body proxy fastcgi uwsgi scgi; do mkdir -p "$T/limits/tmp/$t"; done
+"$ROOT/nginx/render.sh" --listen "127.0.0.1:$L" --error-log "$T/limits/error.log" --access-log "$T/limits/access.log" \
+  --temp-dir "$T/limits/tmp" --limit-conn 2 --limit-open 1/3 --limit-req 1/5 \
+  edge1="127.0.0.1:${EP[edge1]}" slow="127.0.0.1:$SLOW" > "$T/limits/nginx.conf"
+nginx -p "$T/limits" -c "$T/limits/nginx.conf" -e "$T/limits/error.log" -g "pid $T/limits/nginx.pid;"
+LU="http://127.0.0.1:$L"
+for _ in $(seq 50); do curl -fs -o /dev/null "$LU/healthz" && break; sleep 0.1; done
+codes() {  # N ARGS... -> the status of N requests in a row, space separated
+  local n=$1 i; shift
+  for ((i = 0; i < n; i++)); do curl -s -o /dev/null -m 5 -w '%{http_code} ' -b herald_node=edge1 "$@"; done
+}
+count() { tr ' ' '\n' | grep -c "^$1$" || true; }
+got="$(codes 10 "$LU/ws")"
+check "limit_req /ws (1 r/s, burst 3): the first 4 of 10 at once are served, the rest get 429 ($got)" \
+  test "$(count 200 <<<"$got")" -ge 4 -a "$(count 200 <<<"$got")" -le 5 -a "$(count 429 <<<"$got")" -ge 5
+got="$(codes 3 "$LU/sse")"
+check "limit_req: /sse shares the /ws zone, so it is refused too ($got)" test "$(count 429 <<<"$got")" -ge 2
+got="$(codes 4 "$LU/poll" && codes 4 -X POST -d '{}' "$LU/publish")"
+check "limit_req /poll + /publish (1 r/s, burst 5): 6 of 8 at once served, then 429 ($got)" \
+  test "$(count 200 <<<"$got")" -ge 6 -a "$(count 200 <<<"$got")" -le 7 -a "$(count 429 <<<"$got")" -ge 1
+codes 4 --interface 127.0.0.5 "$LU/ws" >/dev/null
+hdrs="$(curl -s -D - --interface 127.0.0.5 -b herald_node=edge1 "$LU/ws" | tr -d '\r')"
+check "nginx's 429 carries Retry-After: 1 ($(head -n1 <<<"$hdrs"))" \
+  grep -q '^Retry-After: 1$' <<<"$hdrs"
+check "nginx's 429 body is JSON with code 112 ($(tail -n1 <<<"$hdrs"))" grep -q '"code":112' <<<"$hdrs"
+got="$(codes 12 "$LU/" ; codes 12 "$LU/healthz"; codes 6 "$LU/api/info")"
+check "the demo page, /healthz and /api are not rate limited (30 requests at once: $(count 200 <<<"$got") served)" \
+  test "$(count 200 <<<"$got")" = 30
+got="$(codes 4 --interface 127.0.0.2 "$LU/ws")"
+check "another client address is served while 127.0.0.1 is limited ($got)" test "$got" = "200 200 200 200 "
+# limit_conn 2: two requests held by the slow edge; a third from the same address is refused at
+# once (whatever the location), other paths and other addresses still work.
+curl -s -o /dev/null -m 4 --interface 127.0.0.3 -b herald_node=slow "$LU/sse" & pids+=($!)
+curl -s -o /dev/null -m 4 --interface 127.0.0.3 -b herald_node=slow "$LU/poll" & pids+=($!)
+sleep 1
+got="$(codes 1 --interface 127.0.0.3 "$LU/ws")$(codes 1 --interface 127.0.0.3 -X POST -d '{}' "$LU/publish")"
+check "limit_conn 2: with 2 requests in progress, a 3rd and 4th from that address get 429 ($got)" test "$got" = "429 429 "
+got="$(codes 1 --interface 127.0.0.3 "$LU/healthz")$(codes 1 --interface 127.0.0.4 "$LU/ws")"
+check "limit_conn: other paths and other addresses are still served ($got)" test "$got" = "200 200 "
+kill "$(cat "$T/limits/nginx.pid")" 2>/dev/null || true
 
 stop_standin edge1
 hdrs="$(curl -s -D - --max-time 10 -b herald_node=edge1 "$U/sse?channel=a" | tr -d '\r')"
