@@ -11,12 +11,19 @@
 //!   connection is then dropped (a WebSocket session reports close 4008), its memory released,
 //!   and `herald_limit_rejections_total{limit="write_timeout"}` counts it.
 //!
+//! * **open sockets** (`limits.max_connections` plus a headroom of an eighth and 64): every
+//!   socket in its HTTP phase counts, idle keep-alive connections included; past the cap a new
+//!   socket is closed at once and counted (`limit="connections"`). WebSockets, SSE streams and
+//!   waiting polls also hold one of the node's `max_connections` slots; the headroom lets a
+//!   request over that limit still be answered with its 503 / close 1013 instead of a reset.
+//!
 //! The peer address reaches handlers as axum's `ConnectInfo<SocketAddr>`. Shutdown stops
 //! accepting and lets open HTTP exchanges finish (hyper's graceful shutdown); upgraded
 //! WebSockets are owned by their sessions and drain on the node's token.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,6 +51,8 @@ pub(crate) struct ListenerLimits {
     pub(crate) header_read_timeout: Duration,
     /// Largest request head, bytes.
     pub(crate) max_header_bytes: usize,
+    /// Most sockets open at once in their HTTP phase.
+    pub(crate) max_sockets: usize,
 }
 
 /// Serves `app` on `listener` until `stop`, then waits for open HTTP exchanges to finish.
@@ -55,6 +64,9 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    // Sockets in their HTTP phase: taken here, given back when hyper is done with the socket
+    // (after an upgrade the WebSocket session holds a node slot instead).
+    let open = Arc::new(AtomicUsize::new(0));
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -76,6 +88,13 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        if open.fetch_add(1, Ordering::AcqRel) >= limits.max_sockets {
+            open.fetch_sub(1, Ordering::AcqRel);
+            metrics.limit_rejected(Limit::Connections);
+            drop(tcp);
+            continue;
+        }
+        let socket_slot = SocketSlot(open.clone());
         let _ = tcp.set_nodelay(true);
         let mut timed = TimeoutStream::new(tcp);
         timed.set_write_timeout(Some(limits.write_timeout));
@@ -94,6 +113,7 @@ pub(crate) async fn serve(
                 .into_owned(),
         );
         tokio::spawn(async move {
+            let _slot = socket_slot;
             if let Err(err) = conn.await {
                 tracing::debug!(cause = %err, "http connection ended with an error");
             }
@@ -101,6 +121,15 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One open socket of the listener's count; dropping it gives the place back.
+struct SocketSlot(Arc<AtomicUsize>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A socket whose write timeouts are counted.

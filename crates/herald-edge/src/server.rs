@@ -105,6 +105,7 @@ impl Edge {
             write_timeout: Duration::from_secs(l.write_timeout_secs),
             header_read_timeout: Duration::from_secs(l.header_read_timeout_secs),
             max_header_bytes: l.max_header_bytes,
+            max_sockets: l.max_connections + l.max_connections / 8 + 64,
         };
         let server = tokio::spawn(crate::listener::serve(
             listener,

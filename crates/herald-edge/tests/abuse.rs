@@ -408,3 +408,43 @@ async fn a_redis_at_maxmemory_refuses_publishes_with_111_and_acknowledges_nothin
         );
     }
 }
+
+#[tokio::test]
+async fn idle_sockets_count_against_the_connection_limit() {
+    use tokio::io::AsyncReadExt as _;
+    let mut c = config();
+    c.limits.max_connections = 8;
+    c.limits.header_read_timeout_secs = 60; // the cap, not the timeout, must act
+    let edge = start(c).await;
+    // The listener's cap: max_connections + an eighth + 64 = 73 sockets in their HTTP phase.
+    let cap = 8 + 8 / 8 + 64;
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        idle.push(tokio::net::TcpStream::connect(edge.addr).await.unwrap());
+    }
+    // One more is accepted by the kernel and closed by the edge at once: EOF, no response.
+    let mut extra = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, extra.read(&mut buf))
+        .await
+        .expect("closed by the edge")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the socket over the cap is closed");
+    assert!(rejections(&edge, "connections") >= 1.0);
+    // Idle sockets going away give their places back.
+    drop(idle);
+    let url = format!("{}/healthz", http(&edge));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places never came back"
+        );
+        // Polling a condition that has no event of its own (as common::wait_until does).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
