@@ -1,5 +1,6 @@
-//! The HTTP API: publishing for SSE and polling clients (`POST /publish`), the server API
-//! (`/api/*`, behind the API key when one is configured) and the health endpoints.
+//! The HTTP API: publishing, presence and history for SSE and polling clients (`POST /publish`,
+//! `GET /presence`, `GET /history`), the server API (`/api/*`, behind the API key when one is
+//! configured) and the health endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_broker::{NodeInfo, Payload};
-use herald_protocol::frame::{self, HistoryReply};
+use herald_protocol::frame::{self, HistoryReply, MAX_HISTORY_LIMIT};
+use herald_protocol::StreamPosition;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -18,7 +20,7 @@ use crate::hub::{ConnHandle, Delivery};
 use crate::identity::{self, IdentifyRequest, Identity, RequestContext};
 use crate::metrics::Transport;
 use crate::node::{Node, Publisher};
-use crate::permissions::{authorize_publish, Subject};
+use crate::permissions::{authorize_publish, authorize_read, Read, Subject};
 
 #[derive(Deserialize)]
 struct PublishBody {
@@ -172,7 +174,8 @@ pub(crate) async fn client_publish(
     reply(result, &node)
 }
 
-/// The connection a `POST /publish` names: it must be on this edge and of the caller's user.
+/// The connection a `POST /publish`, `GET /presence` or `GET /history` names (`client`): it must
+/// be on this edge and of the caller's user.
 fn named_connection(
     node: &Node,
     identity: &Identity,
@@ -191,6 +194,212 @@ fn named_connection(
         ));
     }
     Ok(handle)
+}
+
+/// The query string of a client read (`GET /presence`, `GET /history`).
+#[derive(Default)]
+struct ReadQuery {
+    /// `channel=`: exactly one, required.
+    channel: String,
+    /// `since=` (history only).
+    since: Option<String>,
+    /// `limit=` (history only).
+    limit: Option<String>,
+    /// `token=`: the connection token (a header or the cookie may carry it instead).
+    token: Option<String>,
+    /// `channel_token=`: a channel token, for a `token` namespace.
+    channel_token: Option<String>,
+    /// `client=`: the caller's own SSE connection on this edge.
+    client: Option<String>,
+}
+
+/// Reads the query string of a client read: a missing, empty or repeated `channel` is 104, an
+/// invalid one 105; empty optional values count as absent.
+fn read_query(query: Option<&str>) -> Result<ReadQuery, EdgeError> {
+    let bad = |m: &str| EdgeError::Protocol(herald_protocol::ProtocolError::BadRequest(m.into()));
+    let mut q = ReadQuery::default();
+    let mut channel = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let value = (!v.is_empty()).then(|| v.into_owned());
+        match &*k {
+            "channel" if value.is_some() => {
+                if channel.is_some() {
+                    return Err(bad("exactly one channel=… is allowed"));
+                }
+                channel = value;
+            }
+            "since" => q.since = value,
+            "limit" => q.limit = value,
+            "token" => q.token = value,
+            "channel_token" => q.channel_token = value,
+            "client" => q.client = value,
+            _ => {}
+        }
+    }
+    q.channel = channel.ok_or_else(|| bad("missing channel=…"))?;
+    herald_protocol::validate_channel(&q.channel)?;
+    Ok(q)
+}
+
+/// The history `limit` of a client read, as the WebSocket `history` op takes it: a whole number
+/// of at most [`MAX_HISTORY_LIMIT`] (else 104); `Node::history` caps it at the namespace's
+/// history size.
+fn history_limit(text: Option<&str>) -> Result<Option<usize>, EdgeError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let limit = text.parse::<usize>().map_err(|_| {
+        EdgeError::Protocol(herald_protocol::ProtocolError::BadRequest(
+            "limit must be a whole number".into(),
+        ))
+    })?;
+    if limit > MAX_HISTORY_LIMIT {
+        return Err(EdgeError::Protocol(
+            herald_protocol::ProtocolError::BadRequest(format!(
+                "limit must be at most {MAX_HISTORY_LIMIT}"
+            )),
+        ));
+    }
+    Ok(Some(limit))
+}
+
+/// The checks of a client read, in `client_publish`'s order and with the WebSocket
+/// `presence`/`history` ops' rules: origin, the per-address request rate, the query string
+/// (`check` reads the op's own parameters, before any token is verified), the caller's own
+/// token, the connection `client` names (which makes the caller a subscriber of the channels
+/// that connection holds), then `permissions::authorize_read`.
+async fn authorize_client_read<T>(
+    node: &Arc<Node>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    read: Read,
+    check: impl FnOnce(&ReadQuery) -> Result<T, EdgeError>,
+) -> Result<(ReadQuery, T), EdgeError> {
+    if !node.origin_allowed(headers) {
+        return Err(EdgeError::PermissionDenied("origin not allowed".into()));
+    }
+    let address = node.limits.client_ip(peer.ip(), headers);
+    node.admit_request(address)?;
+    let q = read_query(query)?;
+    let checked = check(&q)?;
+    let context = RequestContext::new(Some(address), headers);
+    let token = identity::token_from(headers, q.token.as_deref(), &node.config.auth.token_cookie);
+    let client = q.client.as_deref().unwrap_or("");
+    let identity = identity::identify(
+        node,
+        IdentifyRequest {
+            token: token.as_deref(),
+            display: None,
+            client,
+            transport: Transport::Http,
+            context: &context,
+        },
+    )
+    .await?;
+    let named = match &q.client {
+        Some(id) => Some(named_connection(node, &identity, id)?),
+        None => None,
+    };
+    let subject = Subject {
+        identity: &identity,
+        client,
+        transport: Transport::Http,
+        context: &context,
+        subscribed: named
+            .as_ref()
+            .is_some_and(|h| node.hub.is_subscribed(&q.channel, h)),
+    };
+    authorize_read(node, &subject, read, &q.channel, q.channel_token.as_deref()).await?;
+    Ok((q, checked))
+}
+
+/// The reply to a client read: counted in `herald_transport_sent_bytes_total{transport="http"}` (errors
+/// in `herald_errors_total`, by [`reply`]) and never cached, as it depends on who asked.
+fn client_read_reply(result: Result<String, EdgeError>, node: &Node) -> Response {
+    if let Ok(body) = &result {
+        node.metrics
+            .bytes_out
+            .with_label_values(&[Transport::Http.label()])
+            .inc_by(body.len() as u64);
+    }
+    let mut response = reply(result, node);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// `GET /presence?channel=` for SSE and polling clients: the WebSocket `presence` op over HTTP
+/// (see [`authorize_client_read`]); the body is `GET /api/presence`'s.
+pub(crate) async fn client_presence(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let (q, ()) = authorize_client_read(
+            &node,
+            peer,
+            &headers,
+            query.as_deref(),
+            Read::Presence,
+            |_| Ok(()),
+        )
+        .await?;
+        let clients = node.broker.presence(&q.channel).await?;
+        Ok(frame::encode_presence_body(&q.channel, &clients))
+    }
+    .await;
+    client_read_reply(result, &node)
+}
+
+/// `GET /history?channel=&since=&limit=` for SSE and polling clients: the WebSocket `history` op
+/// over HTTP (see [`authorize_client_read`]); the body is `GET /api/history`'s, paged by
+/// `limits.max_reply_bytes` (`more`).
+pub(crate) async fn client_history(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let (q, (since, limit)) = authorize_client_read(
+            &node,
+            peer,
+            &headers,
+            query.as_deref(),
+            Read::History,
+            |q| -> Result<(Option<StreamPosition>, Option<usize>), EdgeError> {
+                let since = match &q.since {
+                    Some(text) => herald_protocol::cursor::parse_since(&q.channel, text)?,
+                    None => None,
+                };
+                Ok((since, history_limit(q.limit.as_deref())?))
+            },
+        )
+        .await?;
+        let page = node.history(&q.channel, since, limit).await?;
+        Ok(encode_history(&q.channel, page))
+    }
+    .await;
+    client_read_reply(result, &node)
+}
+
+/// The body of a history reply (`GET /history`, `GET /api/history`).
+fn encode_history(channel: &str, page: herald_broker::HistoryPage) -> String {
+    let more = crate::node::page_has_more(&page);
+    let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
+    let reply = HistoryReply {
+        channel,
+        position: &page.position,
+        recovered: page.recovered,
+        more,
+        messages: frames.iter().map(|d| d.text().as_str()),
+    };
+    reply.encode_body()
 }
 
 /// `POST /api/publish`.
@@ -287,16 +496,7 @@ pub(crate) async fn api_history(
             }
         }
         let page = node.history(&channel, since, limit).await?;
-        let more = crate::node::page_has_more(&page);
-        let frames: Vec<Delivery> = page.publications.into_iter().map(Delivery::new).collect();
-        let reply = HistoryReply {
-            channel: &channel,
-            position: &page.position,
-            recovered: page.recovered,
-            more,
-            messages: frames.iter().map(|d| d.text().as_str()),
-        };
-        Ok(reply.encode_body())
+        Ok(encode_history(&channel, page))
     }
     .await;
     reply(result, &node)
@@ -387,17 +587,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `GET /dev/token?user=<id>` (only with `auth.dev_token_endpoint`, for the demo page): a
-/// one-hour HS256 connection token for any user. Anyone can call it: development only.
+/// Longest lifetime `GET /dev/token?ttl=` may ask for, seconds.
+const MAX_DEV_TOKEN_TTL: u64 = 86_400;
+/// Lifetime of a `GET /dev/token` token without `ttl=`, seconds.
+const DEV_TOKEN_TTL: u64 = 3600;
+
+/// `GET /dev/token?user=<id>[&ttl=<secs>]` (only with `auth.dev_token_endpoint`, for the demo
+/// page and browser tests): an HS256 connection token for any user, valid for `ttl` seconds
+/// (1 ..= 86400, default one hour). Anyone can call it: development only.
 pub(crate) async fn dev_token(
     State(node): State<Arc<Node>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let user = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-            .find(|(k, _)| k == "user")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
+        let mut user = String::new();
+        let mut ttl = DEV_TOKEN_TTL;
+        for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+            match &*k {
+                "user" => user = v.into_owned(),
+                "ttl" => {
+                    ttl = v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|t| (1..=MAX_DEV_TOKEN_TTL).contains(t))
+                        .ok_or_else(|| {
+                            EdgeError::http(
+                                StatusCode::BAD_REQUEST,
+                                format!("ttl must be 1..={MAX_DEV_TOKEN_TTL} seconds"),
+                            )
+                        })?
+                }
+                _ => {}
+            }
+        }
         if user.is_empty()
             || user.len() > 64
             || !user
@@ -410,7 +632,7 @@ pub(crate) async fn dev_token(
             ));
         }
         let secret = node.config.auth.hmac_secret.as_deref().unwrap_or_default();
-        let exp = herald_broker::now_ms() / 1000 + 3600;
+        let exp = herald_broker::now_ms() / 1000 + ttl;
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), user.into());
         claims.insert("exp".into(), exp.into());

@@ -1,4 +1,5 @@
-//! Pages served by the edge: the browser demo at `/` and the cluster status page at `/status`.
+//! Pages served by the edge: the browser demo at `/`, the cluster status page at `/status`, and
+//! the browser client library `herald.js` (with its types, `herald.d.ts`) that both use.
 //!
 //! The files live in `crates/herald-edge/static/` and are compiled into the binary with
 //! `include_str!`, so an edge needs nothing on disk. They are plain HTML, CSS and JavaScript with
@@ -17,6 +18,7 @@ use crate::node::Node;
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const TS: &str = "application/typescript; charset=utf-8";
 
 /// One embedded file: the path it is served at, its content type and its text.
 struct Page {
@@ -35,6 +37,16 @@ const PAGES: &[Page] = &[
         path: "/app.js",
         content_type: JS,
         body: include_str!("../static/app.js"),
+    },
+    Page {
+        path: "/herald.js",
+        content_type: JS,
+        body: include_str!("../static/herald.js"),
+    },
+    Page {
+        path: "/herald.d.ts",
+        content_type: TS,
+        body: include_str!("../static/herald.d.ts"),
     },
     Page {
         path: "/status",

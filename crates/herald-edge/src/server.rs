@@ -205,6 +205,8 @@ fn router(node: Arc<Node>) -> Router {
         .route("/sse", get(transport::sse::handler))
         .route("/poll", get(transport::poll::handler))
         .route("/publish", post(api::client_publish))
+        .route("/presence", get(api::client_presence))
+        .route("/history", get(api::client_history))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(crate::pages::routes())

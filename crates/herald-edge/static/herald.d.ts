@@ -1,0 +1,1 @@
+// herald.d.ts: placeholder

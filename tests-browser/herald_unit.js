@@ -1,0 +1,92 @@
+// Unit tests of herald.js's pure parts, run inside Chromium by test_herald_js.py (no npm): the
+// module is imported from the edge exactly as applications import it. Returns a list of
+// failures (empty: all passed) and the number of checks.
+async function heraldUnitTests(base) {
+  const m = await import(base + "/herald.js");
+  const failures = [];
+  let checks = 0;
+  const eq = (what, got, want) => {
+    checks++;
+    const g = JSON.stringify(got);
+    const w = JSON.stringify(want);
+    if (g !== w) failures.push(`${what}: got ${g}, want ${w}`);
+  };
+  const ok = (what, cond) => {
+    checks++;
+    if (!cond) failures.push(what);
+  };
+
+  // Backoff: full jitter, exponential, capped.
+  eq("backoff with random 0", m.backoff(5, 500, 20000, () => 0), 0);
+  eq("backoff attempt 0 ceiling", m.backoff(0, 500, 20000, () => 0.999999), 499);
+  eq("backoff attempt 3 ceiling", m.backoff(3, 500, 20000, () => 0.5), 2000);
+  eq("backoff is capped", m.backoff(30, 500, 20000, () => 0.999999), 19999);
+  eq("backoff huge attempt stays capped", m.backoff(1e9, 500, 20000, () => 0.5), 10000);
+  eq("backoff negative attempt", m.backoff(-3, 500, 20000, () => 0.5), 250);
+  let spread = new Set();
+  for (let i = 0; i < 200; i++) spread.add(Math.floor(m.backoff(4, 500, 20000) / 1000));
+  ok("backoff is jittered over the whole range", spread.size >= 6);
+  for (let i = 0; i < 200; i++) {
+    const d = m.backoff(i % 12, 500, 20000);
+    if (d < 0 || d >= 20000) failures.push(`backoff out of range: ${d}`);
+  }
+
+  // Offset tracking.
+  const at = (epoch, offset) => ({ epoch, offset });
+  eq("next offset delivers", m.classify(at("e1", 4), "e1", 5), "deliver");
+  eq("same offset is a duplicate", m.classify(at("e1", 4), "e1", 4), "duplicate");
+  eq("older offset is a duplicate", m.classify(at("e1", 4), "e1", 1), "duplicate");
+  eq("skipped offset is a gap", m.classify(at("e1", 4), "e1", 6), "gap");
+  eq("another epoch voids the position", m.classify(at("e1", 4), "e2", 5), "epoch");
+  eq("another epoch at offset 1 still voids it", m.classify(at("e1", 4), "e2", 1), "epoch");
+  eq("an unpublished channel adopts the first epoch", m.classify(at("", 0), "e9", 1), "adopt");
+  eq("no position adopts", m.classify(null, "e1", 7), "adopt");
+
+  // Cursors: what the server makes and reads (herald-protocol's format).
+  const positions = { "chat:lobby": at("6h7xsnp2", 17), "dm:#alice,bob": at("", 0) };
+  const cursor = m.encodeCursor(positions);
+  ok("cursor is URL-safe", /^[A-Za-z0-9_-]+$/.test(cursor));
+  eq("cursor round-trips", m.decodeCursor(cursor), positions);
+  eq("foreign text is no cursor", m.decodeCursor("not a cursor!"), null);
+  eq("another version is no cursor", m.decodeCursor(btoa("h2\na e 1\n")), null);
+  eq("non-numeric offset is no cursor", m.decodeCursor(btoa("h1\na e x\n")), null);
+
+  // Token expiry from a JWT's claims.
+  const b64 = (o) => btoa(JSON.stringify(o)).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+  eq("exp read from a JWT", m.tokenExpiry(`${b64({ alg: "HS256" })}.${b64({ sub: "a", exp: 1795317295 })}.sig`), 1795317295);
+  eq("no exp", m.tokenExpiry(`${b64({ alg: "HS256" })}.${b64({ sub: "a" })}.sig`), 0);
+  eq("not a JWT", m.tokenExpiry("garbage"), 0);
+
+  // Errors carry the wire's code and name.
+  const e = new m.HeraldError("nope", { code: 102, reason: "permission_denied" });
+  ok("HeraldError is an Error", e instanceof Error);
+  eq("HeraldError fields", [e.name, e.code, e.reason, e.temporary], ["HeraldError", 102, "permission_denied", false]);
+
+  // The constructor refuses an unknown transport at once.
+  let threw = null;
+  try {
+    new m.Herald(location.origin + base, { transports: ["carrier-pigeon"], autoConnect: false });
+  } catch (err) {
+    threw = err;
+  }
+  ok("unknown transport refused", threw instanceof m.HeraldError);
+
+  // A subscription tracks positions and drops duplicates and resumes: driven directly, with
+  // no connection (autoConnect off).
+  const h = new m.Herald(location.origin + base, { autoConnect: false });
+  const got = [];
+  const resets = [];
+  const sub = h.subscribe("t:a", { onMessage: (x) => got.push(x.offset), onReset: (r) => resets.push(r) });
+  sub._subscribed({ epoch: "e1", offset: 10, recovered: true }, true);
+  eq("ready position", await sub.ready, { epoch: "e1", offset: 10, recovered: true });
+  for (const o of [11, 12, 12, 11, 13]) sub._message({ channel: "t:a", epoch: "e1", offset: o, data: o });
+  eq("duplicates dropped, order kept", got, [11, 12, 13]);
+  eq("position is the last delivered", sub.position, { epoch: "e1", offset: 13 });
+  sub._subscribed({ epoch: "e2", offset: 4, recovered: false }, false);
+  eq("recovered:false resets once", resets.length, 1);
+  eq("reset names the new position", [resets[0].epoch, resets[0].offset], ["e2", 4]);
+  sub._message({ channel: "t:a", epoch: "e2", offset: 5, data: 5 });
+  eq("delivery goes on from the reset position", got, [11, 12, 13, 5]);
+  h.close();
+  return { failures, checks };
+}
