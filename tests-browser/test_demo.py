@@ -76,7 +76,7 @@ def test_two_transports_chat_switch_and_resume(pages, room):
 
     exchange(alice, bob, "hello")
 
-    # Presence: the WebSocket page asks with the presence op, the SSE page with /api/presence
+    # Presence: the WebSocket page asks with the presence op, the SSE page with GET /presence
     # (no API key on this edge). Each sees both names.
     for page in (alice, bob):
         wait_until(lambda p=page: {"alice", "bob"} <= set(p.text_of("presence").split()),
@@ -175,6 +175,12 @@ def test_status_page_shows_the_node_connections_and_rates(edge, pages):
                            what="the status page to list the node with WebSocket and long-poll clients")
         assert cells[0] == NODE
         assert driver.find_element("id", "answered-by").text == NODE
+        # The page's own herald.js connection: a publish to itself comes back.
+        wait_until(lambda: driver.find_element("id", "probe-rtt").text.endswith(" ms"),
+                   what="the status page's herald.js round trip")
+        assert driver.find_element("id", "probe-transport").text == "websocket"
+        assert driver.find_element("id", "probe-node").text == NODE
+        assert driver.find_element("id", "probe-state").text == "connected"
 
         # Some traffic for the rates and the chart: about 3 messages a second for 8 seconds.
         for i in range(24):
@@ -193,13 +199,13 @@ def test_status_page_shows_the_node_connections_and_rates(edge, pages):
         driver.quit()
 
 
-def test_with_an_api_key_presence_shows_na_and_the_status_page_asks_for_the_key(room):
+def test_with_an_api_key_presence_still_works_and_the_status_page_asks_for_the_key(room):
     keyed = Edge.start("edge-keyed", extra_args=["--api-key", "s3cret"])
     page = DemoPage.open(keyed.url, "sse", room, "erin")
     driver = chromium()
     try:
-        # SSE and polling pages use /api/presence, which now needs the key they do not have.
-        wait_until(lambda: "n/a" in page.text_of("presence"), what="presence to show n/a")
+        # The page reads presence with its own identity (GET /presence), not the keyed /api.
+        wait_until(lambda: "erin" in page.text_of("presence"), what="presence to show erin")
         # A poll has no welcome frame and /api/info is guarded, but every answer names its edge
         # in X-Herald-Node.
         page.set_transport("longpoll")

@@ -154,6 +154,13 @@ function errorFromFrame(frame) {
   return new HeraldError(frame.message || frame.name || "error", { code: frame.code, reason: frame.name || "error", temporary });
 }
 
+// The subscription a 400/403 about one channel names (the longest name the message holds, so
+// `chat:a` is not taken for `chat:ab`), or the only one.
+function refusedSub(subs, error) {
+  const named = subs.filter((s) => error.message.includes(s.channel)).sort((a, b) => b.channel.length - a.channel.length);
+  return named[0] || (subs.length === 1 ? subs[0] : null);
+}
+
 // ---------------------------------------------------------------------------------- subscription
 
 class Subscription {
@@ -162,14 +169,14 @@ class Subscription {
     this.channel = channel;
     this.options = options;
     this.token = options.token; // a channel token (string or function), for namespaces that need one
-    /** The last delivered position {epoch, offset}; null until the first `subscribed`. */
+    /** The last delivered position {epoch, offset}: `since` until the first `subscribed`, else null until then. */
     this.position = options.since ? { epoch: String(options.since.epoch), offset: Number(options.since.offset) } : null;
     this.active = true;
     this.established = false; // the server confirmed it on the current connection
     this._caughtUp = null; // offset a resume must reach before it counts as complete
     this._filling = false; // a gap is being filled from history; live messages wait
     this._buffer = [];
-    this._selfPending = 0; // skip-self publishes over poll whose offset is not yet known
+    this._selfPending = 0; // own skip-self publishes whose offset is not yet known
     this._skip = new Set(); // "epoch:offset" of own skip-self publications, not delivered
     this._held = [];
     this.ready = new Promise((resolve, reject) => {
@@ -530,11 +537,12 @@ class HttpTransport {
 
   _query(url, extra) {
     if (this.token) url.searchParams.set("token", this.token);
+    else if (this.herald.options.user) url.searchParams.set("user", this.herald.options.user);
     for (const [k, v] of Object.entries(extra || {})) if (v !== undefined && v !== null) url.searchParams.set(k, v);
     return url;
   }
 
-  async _fetch(url, init = {}) {
+  async _fetch(url, init = {}, named = null) {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), this.herald.options.requestTimeout);
     const headers = { ...(init.headers || {}) };
@@ -553,8 +561,7 @@ class HttpTransport {
       error.unknownOutcome = (response.status === 502 || response.status === 504) && !error.code;
       // A POST naming our stream (`client`) that reached another edge (the stream's edge is
       // gone and the proxy failed over): refused, nothing published; the stream must move too.
-      const answered = response.headers.get("x-herald-node");
-      error.moved = response.status === 403 && Boolean(this.client && this.streamNode && answered && answered !== this.streamNode);
+      error.moved = response.status === 403 && named !== undefined && named !== null;
       throw error;
     }
     const node = response.headers.get("x-herald-node");
@@ -569,11 +576,11 @@ class HttpTransport {
     const body = { channel, data };
     if (this.client) body.client = this.client;
     if (options.skipSelf) body.skip_self = true;
-    return this._fetch(this.herald._endpoint("/publish"), {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
+    return this._fetch(
+      this.herald._endpoint("/publish"),
+      { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) },
+      body.client,
+    );
   }
 
   presence(channel, token) {
@@ -711,7 +718,7 @@ class SseTransport extends HttpTransport {
     if (this.done) return;
     if (error && error.code && (error.status === 400 || error.status === 403)) {
       // A refused channel fails that subscription; the stream goes on with the others.
-      const refused = this.subs && (this.subs.find((s) => error.message.includes(s.channel)) || (this.subs.length === 1 ? this.subs[0] : null));
+      const refused = this.subs && refusedSub(this.subs, error);
       if (refused) {
         this.herald._subscribeFailed(refused, error, this.gen);
         this.subs = null;
@@ -800,7 +807,7 @@ class PollTransport extends HttpTransport {
           let code = response.status === 401 ? (error.code === 113 ? 4010 : 4501) : response.status === 429 ? 4029 : 0;
           if (error.code && (response.status === 400 || response.status === 403)) {
             // A refused channel fails that subscription, not the connection.
-            const refused = subs.find((s) => error.message.includes(s.channel)) || (subs.length === 1 ? subs[0] : null);
+            const refused = refusedSub(subs, error);
             if (refused) {
               h._subscribeFailed(refused, error, this.gen);
               continue;
@@ -985,6 +992,10 @@ export class Herald {
 
   /** Connects (done by the constructor unless `autoConnect: false`). */
   connect() {
+    if (this._closedByUser && globalThis.addEventListener) {
+      globalThis.addEventListener("online", this._onOnline);
+      globalThis.addEventListener("offline", this._onOffline);
+    }
     this._closedByUser = false;
     if (this.state === "connecting" || this.state === "connected") return;
     this._connectNow();
@@ -1001,7 +1012,8 @@ export class Herald {
     } catch (err) {
       if (gen !== this._gen) return;
       this._emit("error", err instanceof HeraldError ? err : new HeraldError("token: " + err.message, { reason: "token", temporary: true }));
-      return this._scheduleReconnect(0);
+      this._setState("disconnected");
+      return this._scheduleReconnect(backoff(this._attempt++, this.options.minReconnectDelay, this.options.maxReconnectDelay));
     }
     if (gen !== this._gen) return;
     // Channel tokens first: SSE and poll carry them in the URL of the first request.
@@ -1061,7 +1073,13 @@ export class Herald {
     this.client = info.client || null;
     if (info.user !== undefined) this.user = info.user;
     this._setState("connected");
-    for (const sub of this._subs.values()) if (sub.active) this._sendSubscribe(sub);
+    // Subscribe before the waiting publishes go out (channel tokens were fetched before the
+    // connection): a resumed channel then delivers our own publishes after the resume point.
+    for (const sub of this._subs.values()) {
+      if (!sub.active || !this._conn) continue;
+      if (sub.token && sub._tokenValue === undefined) this._sendSubscribe(sub); // subscribed while connecting
+      else this._conn.subscribe(sub, sub._tokenValue);
+    }
     this._scheduleRefresh();
     this._flush();
     if (this._level > 0 && this.options.retryBetterTransportAfter > 0) {
@@ -1089,7 +1107,7 @@ export class Herald {
     try {
       token = await this._channelToken(sub);
     } catch (err) {
-      return this._subscribeFailed(sub, err, gen);
+      return this._subscribeFailed(sub, err instanceof HeraldError ? err : new HeraldError("channel token: " + err.message, { reason: "token" }), gen);
     }
     if (gen !== this._gen || !this._conn || !sub.active) return;
     sub._tokenValue = token;
@@ -1149,6 +1167,11 @@ export class Herald {
     }
     if (isTerminal(code)) {
       this._fail(new HeraldError(`the server closed the connection for good (${code} ${reason || ""})`.trim(), { code, reason: "closed" }));
+      return;
+    }
+    if (code === 4010 && typeof this.options.token === "string") {
+      // A fixed token cannot be renewed: reconnecting with it would be refused again.
+      this._fail(new HeraldError("the connection token expired; give a token function to renew it", { code, reason: "token_expired" }));
       return;
     }
     if (code === 4010) {
@@ -1216,7 +1239,14 @@ export class Herald {
       globalThis.removeEventListener("offline", this._onOffline);
     }
     this._setState("closed");
-    this._rejectOutbox(new HeraldError("closed", { reason: "closed" }));
+    const closed = new HeraldError("closed", { reason: "closed" });
+    this._rejectOutbox(closed);
+    for (const sub of this._subs.values()) {
+      if (!sub._readySettled) {
+        sub._readySettled = true;
+        sub._rejectReady(closed);
+      }
+    }
   }
 
   // ------------------------------------------------------------------ subscriptions
@@ -1253,6 +1283,11 @@ export class Herald {
         if (gen !== this._gen) return;
         messages.push(...page.messages);
         if (!page.recovered) return sub._filled(messages, false, page);
+        if (messages.length > this.options.maxBuffered) {
+          sub._filling = false;
+          sub._buffer = [];
+          return this._resync(sub, "gap larger than maxBuffered");
+        }
         if (!page.more || !page.messages.length) break;
         const last = page.messages[page.messages.length - 1];
         since = { epoch: last.epoch, offset: last.offset };
@@ -1299,9 +1334,8 @@ export class Herald {
     if (inOutbox >= 0) this._outbox.splice(inOutbox, 1);
     const unsure = this._unsure.indexOf(item);
     if (unsure >= 0) this._unsure.splice(unsure, 1);
-    if (item.sent && !item.done) {
+    if ((item.sent || unsure >= 0) && !item.done) {
       // Sent and still unanswered: whether it was published is unknown. It is not resent.
-      item.expired = true;
       return this._settle(item, new HeraldError("no acknowledgement in time; it may or may not have been published", { reason: "unknown_outcome", temporary: true }));
     }
     this._settle(item, new HeraldError("not published: no connection in time", { reason: "timeout", temporary: true }));
@@ -1341,17 +1375,33 @@ export class Herald {
             return this._settle(item, new HeraldError("closed before the acknowledgement; it may or may not have been published", { reason: "unknown_outcome" }));
           }
           if (error.moved) {
+            // Refused (nothing published) by an edge that does not hold our stream: the proxy
+            // routed the POST elsewhere, because the stream's edge is gone or is marked failed
+            // for a few seconds after a restart. Send it again after a pause (until the
+            // publish's timeout); from the second refusal on, also move the stream.
             item.sent = false;
-            this._outbox.unshift(item);
-            if (gen === this._gen && this._conn === conn) {
+            item.moved = (item.moved || 0) + 1;
+            if (item.moved >= 2 && gen === this._gen && this._conn === conn) {
               conn.close();
-              this._lost(0, "the stream's edge is gone", { established: true });
+              this._lost(0, "publishes reach another edge than the stream's", { established: true });
             }
+            setTimeout(() => {
+              if (!item.done) {
+                this._outbox.unshift(item);
+                this._flush();
+              }
+            }, backoff(item.moved, this.options.minReconnectDelay, this.options.maxReconnectDelay));
           } else if (error.unknownOutcome || error.reason === "timeout") {
             // The connection died (or went quiet) with it in flight. The resumed subscription
-            // tells whether it was published: it is sent again only if it was not.
+            // tells whether it was published: it is sent again only if it was not. (Binary
+            // frames carry no publisher, so a binary publish cannot be recognised: its outcome
+            // stays unknown.)
             item.sent = false;
-            this._unsure.push(item);
+            if (item.key.startsWith("bin:")) {
+              this._settle(item, new HeraldError("the connection closed before the acknowledgement; it may or may not have been published", { reason: "unknown_outcome", temporary: true }));
+            } else {
+              this._unsure.push(item);
+            }
             if (gen === this._gen && this._conn === conn) {
               conn.close();
               this._lost(0, "publish outcome unknown: " + error.message, { established: true });
@@ -1426,7 +1476,10 @@ export class Herald {
   }
 
   _rejectOutbox(error) {
-    for (const item of [...this._outbox, ...this._unsure]) this._settle(item, error);
+    for (const item of this._outbox) this._settle(item, error);
+    // Those sent on a connection that died: whether they were published is not known.
+    const unsure = new HeraldError(`${error.message}: it may or may not have been published`, { reason: "unknown_outcome", code: error.code });
+    for (const item of this._unsure) this._settle(item, unsure);
     this._outbox = [];
     this._unsure = [];
   }

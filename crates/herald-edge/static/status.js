@@ -1,12 +1,73 @@
 // Herald cluster status page: polls GET /api/info every 2 s and shows the nodes, their
-// connections per transport, channels, message rates and a live chart. Plain JavaScript.
+// connections per transport, channels, message rates and a live chart; and this browser's own
+// connection through herald.js. Plain JavaScript, an ES module (no build step).
 //
 // Rates: /api/info gives each node's counters (delivered, published) since it started and its
 // uptime in whole seconds. Other nodes refresh their registry entry every few seconds, so a rate
 // is taken between the newest sample of a node and one about ten seconds older, using the
 // node's own uptime as the clock (browser time would count the registry's refresh lag).
 
-'use strict';
+import { Herald } from '/herald.js';
+
+// ---------------------------------------------------------------------------------------
+// This browser's own connection: herald.js on a private channel, publishing to itself every
+// few seconds to show the round trip (publish → broker → edge → this page) and where it runs.
+
+const PROBE_EVERY_MS = 5000;
+
+async function probe() {
+  const el = (id) => document.getElementById(id);
+  const user = 'status-' + Math.random().toString(36).slice(2, 8);
+  let token;
+  try {
+    const r = await fetch('/dev/token?user=' + user, { cache: 'no-store' });
+    if (r.ok) token = async () => (await (await fetch('/dev/token?user=' + user, { cache: 'no-store' })).json()).token;
+  } catch (_) {
+    // No token endpoint reachable: connect anonymously.
+  }
+  const herald = new Herald(location.origin, token ? { token } : { user });
+  const show = () => {
+    el('probe-state').textContent = herald.state;
+    el('probe-transport').textContent = herald.transport || '–';
+    el('probe-node').textContent = herald.node || '–';
+  };
+  herald.on('state', show);
+  herald.on('transport', show);
+  const channel = 'status-probe:' + user;
+  const sent = new Map();
+  const sub = herald.subscribe(channel, {
+    onMessage(m) {
+      const at = m.data && sent.get(m.data.probe);
+      if (at !== undefined) {
+        sent.delete(m.data.probe);
+        el('probe-rtt').textContent = (performance.now() - at).toFixed(1) + ' ms';
+        show();
+      }
+    },
+    onError(err) {
+      el('probe-rtt').textContent = 'n/a (' + err.message + ')';
+    },
+  });
+  try {
+    await sub.ready;
+  } catch (_) {
+    return;
+  }
+  let n = 0;
+  const once = () => {
+    const id = ++n;
+    sent.set(id, performance.now());
+    if (sent.size > 10) sent.delete(sent.keys().next().value); // bounded: unanswered probes are forgotten
+    herald.publish(channel, { probe: id }).catch((err) => {
+      sent.delete(id);
+      el('probe-rtt').textContent = 'n/a (' + err.message + ')';
+    });
+  };
+  once();
+  setInterval(once, PROBE_EVERY_MS);
+  window.heraldStatusProbe = herald;
+}
+probe();
 
 (function () {
   const POLL_EVERY_MS = 2000;
