@@ -25,6 +25,8 @@ pub enum Transport {
     Poll,
     /// HTTP API and `POST /publish`.
     Http,
+    /// WebSocket speaking Centrifugo's client protocol (`/connection/websocket`).
+    Centrifugo,
 }
 
 impl Transport {
@@ -36,15 +38,17 @@ impl Transport {
             Transport::LongPoll => "longpoll",
             Transport::Poll => "poll",
             Transport::Http => "http",
+            Transport::Centrifugo => "centrifugo",
         }
     }
 
     /// All transports that hold connections.
-    pub const CONNECTED: [Transport; 4] = [
+    pub const CONNECTED: [Transport; 5] = [
         Transport::Ws,
         Transport::Sse,
         Transport::LongPoll,
         Transport::Poll,
+        Transport::Centrifugo,
     ];
 }
 
