@@ -9,8 +9,8 @@
 //! `auth.auth_timeout_secs` for the first command, which must be `connect` (its `token`, or
 //! else the upgrade's `Authorization`/`?token=`/cookie, is identified like any connection's).
 //! An expired token is answered with error 109 on the open socket, so the SDK asks its token
-//! callback and sends `connect` again; any other refusal is an error reply then a close with
-//! Centrifugo's code. Once identified, the [`session`] serves the connection until it ends.
+//! callback and sends `connect` again; any other refusal closes with Centrifugo's code. Once
+//! identified, the [`session`] serves the connection until it ends.
 //!
 //! Protobuf framing (`centrifuge-protobuf` subprotocol) is not implemented: a binary frame
 //! closes the connection with 3501.
@@ -223,12 +223,9 @@ async fn handshake(
                 }
                 continue;
             }
-            Err(err) => {
-                node.metrics.error(err.code(), err.source_tag());
-                let code = Code::from_herald(err.code());
-                let _ = send(socket, reply::encode_error(id, code, &err.to_string())).await;
-                return Err(Some(err.close_code()));
-            }
+            // As Centrifugo: a disconnect (3500 invalid token, 3004 keys unreachable, …), not
+            // an error reply the SDK could race with the close.
+            Err(err) => return Err(Some(err.close_code())),
         };
         let recover = request
             .subs
