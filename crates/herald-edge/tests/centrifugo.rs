@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
+use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -118,8 +119,13 @@ async fn connect_subscribe_publish_and_receive_with_batched_commands_and_replies
     assert_eq!(connect["node"], "test");
     let subscribe = seen.iter().find(|v| v["id"] == 2).expect("subscribe reply");
     assert_eq!(subscribe["subscribe"]["positioned"], true);
-    assert!(seen.iter().any(|v| v["id"] == 3 && v["publish"] == json!({})));
-    let push = seen.iter().find(|v| v.get("push").is_some()).expect("pub push");
+    assert!(seen
+        .iter()
+        .any(|v| v["id"] == 3 && v["publish"] == json!({})));
+    let push = seen
+        .iter()
+        .find(|v| v.get("push").is_some())
+        .expect("pub push");
     assert_eq!(push["push"]["channel"], "chat:a");
     assert_eq!(push["push"]["pub"]["data"], json!({"text":"hi"}));
     assert_eq!(push["push"]["pub"]["offset"], 1);
@@ -135,7 +141,10 @@ async fn connect_subscribe_publish_and_receive_with_batched_commands_and_replies
     let f = c.frame().await;
     assert_eq!(f.len(), 4, "{f:?}");
     assert!(f[0]["presence"]["presence"][connect["client"].as_str().unwrap()].is_object());
-    assert_eq!(f[1]["presence_stats"], json!({"num_clients":1,"num_users":1}));
+    assert_eq!(
+        f[1]["presence_stats"],
+        json!({"num_clients":1,"num_users":1})
+    );
     assert_eq!(f[2]["history"]["publications"][0]["data"]["text"], "hi");
     assert_eq!(f[2]["history"]["offset"], 1);
     assert_eq!(f[3], json!({"id":7,"ping":{}}));
@@ -177,7 +186,9 @@ async fn a_frame_that_is_not_a_command_disconnects_3501() {
     assert_eq!(c.closed().await.0, 3501);
     // Binary frames would be protobuf: not spoken here.
     let (mut c, _) = Cf::connected(&edge).await;
-    c.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    c.ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     assert_eq!(c.closed().await.0, 3501);
     // The edge still serves.
     let (_c, connect) = Cf::connected(&edge).await;
@@ -212,7 +223,10 @@ async fn bad_commands_get_centrifugo_errors_and_the_connection_stays() {
     assert_eq!(code(2), Some(104), "unknown method: method not found");
     assert_eq!(code(3), Some(108), "rpc: not available");
     let rpc = replies.iter().find(|r| r["id"] == 3).unwrap();
-    assert!(rpc["error"]["message"].as_str().unwrap().contains("not available"));
+    assert!(rpc["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not available"));
     assert_eq!(code(4), Some(107));
     assert_eq!(code(5), Some(107));
     assert_eq!(code(6), None);
@@ -251,6 +265,13 @@ async fn commands_per_frame_are_capped_and_each_counts_against_the_command_rate(
     c.send(&batch).await;
     let (code, _) = c.closed().await;
     assert_eq!(code, 3501);
+    let m = &edge.node.metrics;
+    let capped = m
+        .limit_rejections
+        .with_label_values(&["max_commands_per_frame"]);
+    assert_eq!(capped.get(), 1);
+    let rate = m.limit_rejections.with_label_values(&["command_rate"]);
+    assert!(rate.get() >= 5);
 }
 
 #[tokio::test]
@@ -292,7 +313,10 @@ async fn join_leave_pushes_and_recovery_by_offset() {
     let b_client = b_connect["client"].as_str().unwrap();
     let join = loop {
         let f = a.frame().await;
-        if let Some(j) = f.into_iter().find(|v| v["push"]["join"]["info"]["client"] == b_client) {
+        if let Some(j) = f
+            .into_iter()
+            .find(|v| v["push"]["join"]["info"]["client"] == b_client)
+        {
             break j;
         }
     };
@@ -305,15 +329,19 @@ async fn join_leave_pushes_and_recovery_by_offset() {
     drop(b);
     loop {
         let f = a.frame().await;
-        if f.iter().any(|v| v["push"]["leave"]["info"]["client"] == b_client) {
+        if f.iter()
+            .any(|v| v["push"]["leave"]["info"]["client"] == b_client)
+        {
             break;
         }
     }
     // A new connection recovers after offset 1 of the epoch the first subscribe gave.
     let (mut c, _) = Cf::connected(&edge).await;
     let epoch = sub["subscribe"]["epoch"].as_str().unwrap();
-    c.send(&[json!({"id":2,"subscribe":{"channel":"room:1","recover":true,"epoch":epoch,"offset":1}})])
-        .await;
+    c.send(&[
+        json!({"id":2,"subscribe":{"channel":"room:1","recover":true,"epoch":epoch,"offset":1}}),
+    ])
+    .await;
     let r = c.reply(2).await;
     assert_eq!(r["subscribe"]["recovered"], true, "{r}");
     assert_eq!(r["subscribe"]["was_recovering"], true);
@@ -336,4 +364,87 @@ async fn join_leave_pushes_and_recovery_by_offset() {
         .map(|p| &p["data"])
         .collect();
     assert_eq!(data, vec![&json!(2), &json!(1)]);
+}
+
+const SECRET: &str = "centrifugo-test-secret-0123456789";
+
+fn sign(claims: Value) -> String {
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    encode(&Header::default(), &claims, &key).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn tokens_expiry_server_side_subscriptions_and_their_recovery() {
+    let mut cfg = config();
+    cfg.auth.hmac_secret = Some(SECRET.into());
+    cfg.auth.auth_timeout_secs = 2;
+    let edge = start(cfg).await;
+    // An expired token: error 109 on the open socket, then a good one connects.
+    let mut c = Cf::open(&edge).await;
+    let expired = sign(json!({"sub":"ann","exp": now() - 600}));
+    c.send(&[json!({"id":1,"connect":{"token":expired}})]).await;
+    let r = c.reply(1).await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+    let exp = now() + 600;
+    let good = sign(json!({"sub":"ann","exp": exp, "channels":["news"]}));
+    c.send(&[json!({"id":2,"connect":{"token":good}})]).await;
+    let r = c.reply(2).await;
+    let connect = &r["connect"];
+    assert_eq!(connect["expires"], true, "{r}");
+    let ttl = connect["ttl"].as_u64().unwrap();
+    assert!((590..=600).contains(&ttl), "{ttl}");
+    // The `channels` claim: a server-side subscription in the connect result.
+    assert_eq!(connect["subs"]["news"]["offset"], 0, "{r}");
+    assert_eq!(
+        edge.node
+            .metrics
+            .connections
+            .with_label_values(&["centrifugo"])
+            .get(),
+        1
+    );
+    c.send(&[
+        json!({"id":3,"publish":{"channel":"news","data":"a"}}),
+        json!({"id":4,"publish":{"channel":"news","data":"b"}}),
+    ])
+    .await;
+    let mut pubs = 0;
+    while pubs < 2 {
+        pubs += c
+            .frame()
+            .await
+            .iter()
+            .filter(|v| v["push"]["channel"] == "news")
+            .count();
+    }
+    // Refresh answers with the new ttl.
+    let later = sign(json!({"sub":"ann","exp": now() + 1200}));
+    c.send(&[json!({"id":5,"refresh":{"token":later}})]).await;
+    let r = c.reply(5).await;
+    assert!(r["refresh"]["ttl"].as_u64().unwrap() > 1100, "{r}");
+    drop(c);
+    // Reconnect recovering `news` after offset 1 (the SDK's empty epoch of a fresh channel).
+    let mut c = Cf::open(&edge).await;
+    c.send(&[json!({"id":1,"connect":{"token":good,"subs":{"news":{"recover":true,"epoch":"","offset":1}}}})])
+        .await;
+    let r = c.reply(1).await;
+    let news = &r["connect"]["subs"]["news"];
+    assert_eq!(news["recovered"], true, "{r}");
+    assert_eq!(news["publications"][0]["data"], "b", "{r}");
+    assert_eq!(news["publications"].as_array().unwrap().len(), 1);
+    // A forged token: disconnect 3500 (no reconnect).
+    let mut c = Cf::open(&edge).await;
+    c.send(&[json!({"id":1,"connect":{"token":"not.a.jwt"}})])
+        .await;
+    assert_eq!(c.closed().await, (3500, "invalid token".to_owned()));
+    // No connect in time: 3500 as well.
+    let mut c = Cf::open(&edge).await;
+    assert_eq!(c.closed().await.0, 3500);
 }

@@ -113,7 +113,7 @@ impl Disconnect {
             CloseCode::Normal => (3000, "connection closed"),
             CloseCode::InvalidPayload | CloseCode::BadProtocol => (3501, "bad request"),
             CloseCode::Policy => (3507, "permission denied"),
-            // The SDKs know 1009 (message size limit) and stop reconnecting.
+            // The SDKs know 1009 (they report a message size limit).
             CloseCode::TooBig => (1009, "message too big"),
             CloseCode::Internal => (3004, "internal server error"),
             CloseCode::Restart => (3001, "shutdown"),

@@ -194,6 +194,8 @@ async fn handshake(
         };
         let rest: Vec<&str> = lines.collect();
         if rest.len() + 1 > node.config.limits.max_commands_per_frame {
+            node.metrics
+                .limit_rejected(crate::metrics::Limit::CommandsPerFrame);
             return Err(Some(CloseCode::BadProtocol));
         }
         let token = match &*request.token {

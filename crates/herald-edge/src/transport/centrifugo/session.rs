@@ -241,7 +241,7 @@ impl Session {
     async fn on_lines(&mut self, text: &str) -> Flow {
         let max = self.node().config.limits.max_commands_per_frame;
         if command::lines(text).nth(max).is_some() {
-            self.node().metrics.limit_rejected(Limit::CommandRate);
+            self.node().metrics.limit_rejected(Limit::CommandsPerFrame);
             tracing::debug!(max, "too many commands in one frame");
             return Flow::Close(CloseCode::BadProtocol);
         }
@@ -464,7 +464,7 @@ impl Session {
         let mut publications: Vec<Delivery> = page
             .publications
             .into_iter()
-            .filter(|p| before.is_none_or(|b| p.offset < b))
+            .filter(|p| before.map_or(true, |b| p.offset < b))
             .map(Delivery::new)
             .collect();
         if request.reverse {
