@@ -110,16 +110,25 @@ class Edge:
 
 
 class Redis:
+    """A redis-server with no persistence: a restart comes back empty."""
+
     def __init__(self, workdir: Path):
-        self.port = free_port()
+        self.port, self.workdir = free_port(), workdir
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self):
         binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
+             "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        self.url = f"redis://127.0.0.1:{self.port}"
         wait_until(self.ping, "redis-server")
+
+    def restart_empty(self):
+        self.stop()
+        self.start()
 
     def ping(self) -> bool:
         try:
@@ -168,6 +177,19 @@ def cluster(binary, config_file):
         finally:
             for e in edges:
                 e.stop()
+            redis.stop()
+
+
+@pytest.fixture
+def own_cluster(binary, config_file):
+    """One edge over its own redis-server, for a test that restarts Redis."""
+    with tempfile.TemporaryDirectory() as d:
+        redis = Redis(Path(d))
+        edge = Edge(binary, "cf-own", config_file, redis.url)
+        try:
+            yield edge, redis
+        finally:
+            edge.stop()
             redis.stop()
 
 

@@ -17,7 +17,7 @@ from centrifuge import (
     SubscriptionEventHandler,
 )
 
-from conftest import WAIT, token
+from conftest import WAIT, token, wait_until
 
 
 async def next_item(q: asyncio.Queue, what: str):
@@ -167,12 +167,14 @@ async def test_reconnect_to_another_edge_recovers_every_missed_publication_once(
         _, events = await subscribed(reader, ch, recoverable=True, positioned=True)
         first = await next_item(events.subscribed, "the first subscribe")
         assert first.recoverable and not first.was_recovering
+        assert (await next_item(events.subscribing, "subscribe()")).code == 0
         pub_sub, _ = await subscribed(publisher, ch)
         await pub_sub.publish({"n": 1})
         assert (await next_item(events.publications, "n=1")).offset == 1
 
         relay.cut()
-        await next_item(events.subscribing, "the subscription to notice the cut")
+        cut = await next_item(events.subscribing, "the subscription to notice the cut")
+        assert cut.code == 1, cut  # transport closed
         for n in range(2, 7):
             await pub_sub.publish({"n": n})
         other = edges[1] if len(edges) > 1 else edges[0]
@@ -189,6 +191,33 @@ async def test_reconnect_to_another_edge_recovers_every_missed_publication_once(
     finally:
         await reader.disconnect()
         await publisher.disconnect()
+
+
+async def test_a_lost_history_is_signalled_and_the_sdk_resubscribes(own_cluster):
+    edge, redis = own_cluster
+    ch = channel()
+    reader, _ = await connected(edge.ws, "reader")
+    try:
+        _, events = await subscribed(reader, ch)
+        await next_item(events.subscribed, "the first subscribe")
+        assert (await next_item(events.subscribing, "subscribe()")).code == 0
+        for n in range(1, 4):
+            await reader.publish(ch, n)
+        assert [(await next_item(events.publications, "a publication")).offset for _ in range(3)] == [1, 2, 3]
+        # Redis comes back empty: the channel's history (and epoch) is gone. Herald notices on
+        # the resync and sends unsubscribe 2500; the SDK resubscribes from offset 3 and learns
+        # that it could not be recovered.
+        redis.restart_empty()
+        lost = await next_item(events.subscribing, "the unsubscribe push")
+        assert lost.code == 2500, lost
+        again = await next_item(events.subscribed, "the resubscribe")
+        assert again.was_recovering and not again.recovered
+        await asyncio.to_thread(wait_until, edge.ready, "the edge ready again")
+        await reader.publish(ch, "new")
+        pub = await next_item(events.publications, "the first publication of the new history")
+        assert (pub.offset, pub.data) == (1, "new")
+    finally:
+        await reader.disconnect()
 
 
 async def test_an_expired_token_is_replaced_through_the_token_callback(single):
