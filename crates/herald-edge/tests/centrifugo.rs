@@ -448,3 +448,31 @@ async fn tokens_expiry_server_side_subscriptions_and_their_recovery() {
     let mut c = Cf::open(&edge).await;
     assert_eq!(c.closed().await.0, 3500);
 }
+
+#[tokio::test]
+async fn an_unrefreshed_token_ends_with_3005_and_a_drain_with_3001() {
+    let mut cfg = config();
+    cfg.auth.hmac_secret = Some(SECRET.into());
+    cfg.auth.leeway_secs = 0;
+    let edge = start(cfg).await;
+    let mut c = Cf::open(&edge).await;
+    let short = sign(json!({"sub":"bo","exp": now() + 1}));
+    c.send(&[json!({"id":1,"connect":{"token":short}})]).await;
+    assert_eq!(c.reply(1).await["connect"]["expires"], true);
+    // No refresh: the SDK reconnects (3005 is below 3500) and gets 109, then a fresh token.
+    let (code, reason) = c.closed().await;
+    assert_eq!((code, reason.as_str()), (3005, "connection expired"));
+
+    let mut d = Cf::open(&edge).await;
+    let long = sign(json!({"sub":"bo","exp": now() + 600}));
+    d.send(&[json!({"id":1,"connect":{"token":long}})]).await;
+    d.reply(1).await;
+    edge.shutdown().await;
+    // The disconnect push, then the close frame with the same code.
+    let push = d.frame().await;
+    assert_eq!(
+        push[0]["push"]["disconnect"],
+        json!({"code":3001,"reason":"shutdown","reconnect":true})
+    );
+    assert_eq!(d.closed().await, (3001, "shutdown".to_owned()));
+}
