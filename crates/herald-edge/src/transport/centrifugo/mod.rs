@@ -240,6 +240,8 @@ async fn handshake(
                 };
                 (channel.clone(), position)
             })
+            // A position Herald never gave (see `StreamPosition::validate`) recovers nothing.
+            .filter(|(_, p)| p.epoch.is_empty() || p.validate().is_ok())
             .collect();
         let connected = Connected {
             id,

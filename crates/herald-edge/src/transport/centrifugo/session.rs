@@ -198,8 +198,10 @@ impl Session {
             return Flow::Continue; // the pong deadline decides
         }
         self.ping_sent = Some(Instant::now());
-        self.line(reply::PING).await;
-        self.send_lines().await
+        match self.line(reply::PING).await {
+            Flow::Continue => self.send_lines().await,
+            other => other,
+        }
     }
 
     async fn on_inbound(&mut self, msg: Option<Result<Message, WsError>>) -> Flow {
