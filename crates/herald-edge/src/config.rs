@@ -226,6 +226,10 @@ pub struct LimitsConfig {
     /// poll reply, or one page of a subscriber's recovery (SSE and WebSocket recovery continue
     /// page by page; a poll's cursor points at the rest).
     pub max_reply_bytes: usize,
+    /// Most commands in one frame on `/connection/websocket` (Centrifugo's protocol batches
+    /// commands, one per line); over it: disconnect 3501. Each command also counts against
+    /// `command_rate`.
+    pub max_commands_per_frame: usize,
 }
 
 impl Default for LimitsConfig {
@@ -256,6 +260,7 @@ impl Default for LimitsConfig {
             header_read_timeout_secs: 10,
             max_header_bytes: 16 * 1024,
             max_reply_bytes: 1024 * 1024,
+            max_commands_per_frame: 64,
         }
     }
 }
@@ -410,6 +415,9 @@ impl EdgeConfig {
             return bad(
                 "limits.write_timeout_secs and header_read_timeout_secs must be at least 1".into(),
             );
+        }
+        if l.max_commands_per_frame == 0 || l.max_commands_per_frame > 10_000 {
+            return bad("limits.max_commands_per_frame must be 1 ..= 10000".into());
         }
         if l.max_reply_bytes < l.max_message_size {
             return bad("limits.max_reply_bytes must be at least max_message_size".into());

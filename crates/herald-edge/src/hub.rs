@@ -43,6 +43,8 @@ pub(crate) struct Delivery {
     pub(crate) publication: Arc<Publication>,
     text: OnceLock<Utf8Bytes>,
     binary: OnceLock<Bytes>,
+    /// Centrifugo's publication object and its push (`/connection/websocket`).
+    centrifugo: OnceLock<(String, Utf8Bytes)>,
 }
 
 impl Delivery {
@@ -52,6 +54,7 @@ impl Delivery {
             publication,
             text: OnceLock::new(),
             binary: OnceLock::new(),
+            centrifugo: OnceLock::new(),
         }
     }
 
@@ -72,6 +75,34 @@ impl Delivery {
                 p.from.as_deref(),
                 p.user.as_deref(),
             ))
+        })
+    }
+
+    /// Centrifugo's publication object (embedded in subscribe and history results) and its
+    /// `pub` push, encoded once per node. Binary payloads travel as `{"$binary":"<base64>"}`.
+    pub(crate) fn centrifugo(&self) -> &(String, Utf8Bytes) {
+        self.centrifugo.get_or_init(|| {
+            use herald_protocol::centrifugo::reply;
+            let p = &self.publication;
+            let marker;
+            let data: &serde_json::value::RawValue = match &p.payload {
+                Payload::Json(raw) => raw,
+                Payload::Binary(bytes) => {
+                    marker = serde_json::value::RawValue::from_string(
+                        herald_protocol::frame::binary_marker(bytes),
+                    )
+                    .expect("marker is JSON");
+                    &marker
+                }
+            };
+            let info = p.from.as_deref().map(|client| reply::ClientInfo {
+                user: p.user.as_deref().unwrap_or(""),
+                client,
+                conn_info: None,
+            });
+            let publication = reply::encode_publication(data, p.offset, p.ts_ms, &p.epoch, info);
+            let push = Utf8Bytes::from(reply::encode_pub_push(&p.channel, &publication));
+            (publication, push)
         })
     }
 

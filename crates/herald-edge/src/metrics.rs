@@ -25,6 +25,8 @@ pub enum Transport {
     Poll,
     /// HTTP API and `POST /publish`.
     Http,
+    /// WebSocket speaking Centrifugo's client protocol (`/connection/websocket`).
+    Centrifugo,
 }
 
 impl Transport {
@@ -36,15 +38,17 @@ impl Transport {
             Transport::LongPoll => "longpoll",
             Transport::Poll => "poll",
             Transport::Http => "http",
+            Transport::Centrifugo => "centrifugo",
         }
     }
 
     /// All transports that hold connections.
-    pub const CONNECTED: [Transport; 4] = [
+    pub const CONNECTED: [Transport; 5] = [
         Transport::Ws,
         Transport::Sse,
         Transport::LongPoll,
         Transport::Poll,
+        Transport::Centrifugo,
     ];
 }
 
@@ -76,6 +80,8 @@ pub enum Limit {
     OutboundBytes,
     /// `limits.write_timeout_secs`: a socket that accepted nothing for too long (4008).
     WriteTimeout,
+    /// `limits.max_commands_per_frame`: a Centrifugo frame with too many commands (3501).
+    CommandsPerFrame,
 }
 
 impl Limit {
@@ -94,11 +100,12 @@ impl Limit {
             Limit::ConnectionsPerUser => "max_connections_per_user",
             Limit::OutboundBytes => "outbound_queue_bytes",
             Limit::WriteTimeout => "write_timeout",
+            Limit::CommandsPerFrame => "max_commands_per_frame",
         }
     }
 
     /// Every limit, so each series exists from the start.
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::Connections,
         Limit::MessageSize,
         Limit::ChannelsPerConnection,
@@ -111,6 +118,7 @@ impl Limit {
         Limit::ConnectionsPerUser,
         Limit::OutboundBytes,
         Limit::WriteTimeout,
+        Limit::CommandsPerFrame,
     ];
 }
 

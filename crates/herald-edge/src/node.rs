@@ -225,11 +225,11 @@ impl Node {
 
     fn admit_address(&self, transport: Transport, ip: IpAddr) -> Result<IpGuard, EdgeError> {
         let rate_limit = match transport {
-            Transport::Ws | Transport::Sse => Limit::ConnectRate,
+            Transport::Ws | Transport::Sse | Transport::Centrifugo => Limit::ConnectRate,
             _ => Limit::CommandRate,
         };
         let refused = match transport {
-            Transport::Ws | Transport::Sse => self.limits.admit(ip),
+            Transport::Ws | Transport::Sse | Transport::Centrifugo => self.limits.admit(ip),
             _ => self
                 .limits
                 .request(ip)

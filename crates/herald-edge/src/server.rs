@@ -202,6 +202,7 @@ fn router(node: Arc<Node>) -> Router {
         ));
     Router::new()
         .route("/ws", any(transport::ws::upgrade))
+        .route("/connection/websocket", any(transport::centrifugo::upgrade))
         .route("/sse", get(transport::sse::handler))
         .route("/poll", get(transport::poll::handler))
         .route("/publish", post(api::client_publish))

@@ -11,12 +11,15 @@
 //! * [`binary`] — the binary WebSocket frame layout for binary publish and delivery;
 //! * [`sse`] — Server-Sent Events: event names and their data;
 //! * [`client`] — the client side: request encoders and typed server frames;
-//! * [`close`] — WebSocket close codes; [`error`] — error codes carried by error frames.
+//! * [`close`] — WebSocket close codes; [`error`] — error codes carried by error frames;
+//! * [`centrifugo`] — Centrifugo's client protocol v2 (JSON), a second encoding of the same
+//!   operations for `GET /connection/websocket`.
 //!
 //! Parsing never panics on any input: every malformed input becomes a [`ProtocolError`] with a
 //! code and a readable message (property-tested over arbitrary bytes).
 
 pub mod binary;
+pub mod centrifugo;
 pub mod channel;
 pub mod client;
 pub mod close;

@@ -51,7 +51,7 @@ pub(crate) struct WsParams {
     token: Option<String>,
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// What the upgrade decided before the socket exists.
 enum Admission {
@@ -239,14 +239,14 @@ async fn await_connect(
     }
 }
 
-async fn pong_deadline(ping_sent: Option<Instant>, timeout: Duration) {
+pub(crate) async fn pong_deadline(ping_sent: Option<Instant>, timeout: Duration) {
     match ping_sent {
         Some(sent) => tokio::time::sleep_until(sent + timeout).await,
         None => std::future::pending().await,
     }
 }
 
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+pub(crate) fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -254,7 +254,7 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
     })
 }
 
-fn ws_config(node: &Node) -> WebSocketConfig {
+pub(crate) fn ws_config(node: &Node) -> WebSocketConfig {
     let l = &node.config.limits;
     WebSocketConfig::default()
         .read_buffer_size(l.ws_read_buffer)
