@@ -221,7 +221,7 @@ def test_pure_parts_pass_their_unit_tests_in_the_browser(open_page):
     result = page.call("heraldUnitTests('/direct')")
     assert "ok" in result, result
     assert result["ok"]["failures"] == [], result["ok"]["failures"]
-    assert result["ok"]["checks"] >= 32, result["ok"]
+    assert result["ok"]["checks"] >= 35, result["ok"]
 
 
 @pytest.mark.parametrize("base,transport", [("/direct", "websocket"), ("/noupgrade", "sse"), ("/buffered", "poll")])
@@ -264,6 +264,23 @@ def test_falls_back_until_a_transport_works_and_then_receives_and_publishes(clus
     assert page.rec()["acks"][-1]["text"] == "quiet"
     assert page.js("H.subs[arguments[0]].position.offset", channel) == reply["offset"] + 2
     assert page.rec()["rejects"] == []
+
+
+def test_a_quiet_retry_of_the_better_transport_falls_back_again_without_loss(cluster, open_page, channel):
+    # Behind the proxy that drops upgrades: SSE, and every 1.5 s a try of WebSocket again.
+    page = open_page("retry")
+    start(page, "/noupgrade", channel, "frank", options={"retryBetterTransportAfter": 1500})
+    assert page.js("H.herald.transport") == "sse"
+    expected = []
+    for i in range(12):
+        cluster.publish(channel, {"text": f"r{i}"})
+        expected.append(f"r{i}")
+        time.sleep(0.25)  # paces the messages across a few retries
+    page.wait("H.rec.transports.filter(t => t === 'websocket').length >= 3", "three tries of WebSocket")
+    page.wait("H.herald.state === 'connected' && H.herald.transport === 'sse'", "SSE again")
+    page.wait("(t => t.every(x => H.texts(arguments[1]).includes(x)))(arguments[0])", "every message",
+              expected, channel)
+    check_stream(page, channel, expected)
 
 
 @pytest.mark.parametrize("command", ["kill", "stop"])
