@@ -111,5 +111,44 @@ async function heraldUnitTests(base) {
   eq("position after the fill", gsub.position, { epoch: "e1", offset: 7 });
   g._conn = null;
   g.close();
+
+  // An SSE stream that goes silent (no `ping` for two heartbeats) is given up and replaced,
+  // even though the browser never reported an error. A stand-in EventSource: it welcomes with
+  // a 0.1 s heartbeat, confirms the channel, then says nothing.
+  const RealEventSource = window.EventSource;
+  const opened = [];
+  window.EventSource = class {
+    constructor(url) {
+      this.url = String(url);
+      this.listeners = {};
+      opened.push(this);
+      setTimeout(() => {
+        this.emit("welcome", { client: "c" + opened.length, node: "n", channels: ["t:quiet"], user: "", ping_interval: 0.1 });
+        this.emit("subscribed", { channel: "t:quiet", epoch: "e1", offset: 0, recovered: true });
+      });
+    }
+    addEventListener(kind, fn) {
+      (this.listeners[kind] = this.listeners[kind] || []).push(fn);
+    }
+    emit(kind, data) {
+      for (const fn of this.listeners[kind] || []) fn({ data: JSON.stringify(data), lastEventId: "" });
+    }
+    close() {
+      this.closed = true;
+    }
+  };
+  try {
+    const q = new m.Herald(location.origin + base, { transports: ["sse"], pongTimeout: 100, minReconnectDelay: 10 });
+    const gaveUp = new Promise((resolve) => q.on("error", (e) => e.message.includes("no heartbeat") && resolve(e)));
+    await q.subscribe("t:quiet", {}).ready;
+    const error = await gaveUp;
+    ok("a silent stream is closed with 4000", error.code === 4000 && opened[0].closed === true);
+    const reopened = await new Promise((resolve) => q.on("state", (st) => st === "connected" && resolve(true)));
+    ok("and replaced by a new stream", reopened && opened.length >= 2);
+    ok("that resumes from the position", opened[1].url.includes("since="));
+    q.close();
+  } finally {
+    window.EventSource = RealEventSource;
+  }
   return { failures, checks };
 }

@@ -612,6 +612,7 @@ class SseTransport extends HttpTransport {
   // One stream carries every subscription; a change of the set opens a new stream that resumes
   // every channel from its position (a cursor made of them).
   restart() {
+    clearInterval(this.watchdog);
     if (this.source) this.source.close();
     this.source = null;
     this.streamGen = (this.streamGen || 0) + 1;
@@ -656,6 +657,7 @@ class SseTransport extends HttpTransport {
       this.proven = true;
       this.client = w.client;
       this.streamNode = w.node;
+      this._watch(current, Number(w.ping_interval) || 0);
       this.herald._setNode(w.node);
       this.herald.client = w.client;
       if (w.user !== undefined) this.herald.user = w.user;
@@ -697,6 +699,25 @@ class SseTransport extends HttpTransport {
     };
   }
 
+  // The heartbeat: the server sends a `ping` event every `ping_interval` seconds (any event
+  // counts). A stream silent for two intervals and a bit is dead (a half-open connection, a
+  // proxy that stopped forwarding) even if the browser has not noticed: move on.
+  _watch(current, intervalSecs) {
+    clearInterval(this.watchdog);
+    if (!intervalSecs) return; // an edge too old to name its heartbeat
+    const limit = intervalSecs * 2000 + this.herald.options.pongTimeout;
+    this.lastEvent = Date.now();
+    const seen = () => (this.lastEvent = Date.now());
+    for (const kind of ["ping", "message", "subscribed", "join", "leave", "broadcast"]) this.source.addEventListener(kind, seen);
+    this.watchdog = setInterval(() => {
+      if (!current()) return clearInterval(this.watchdog);
+      if (Date.now() - this.lastEvent > limit) {
+        clearInterval(this.watchdog);
+        this._end(4000, "no heartbeat on the stream");
+      }
+    }, Math.min(limit, intervalSecs * 1000));
+  }
+
   async _diagnose(url) {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), 3000);
@@ -728,6 +749,7 @@ class SseTransport extends HttpTransport {
     }
     this.done = true;
     clearTimeout(this.welcomeTimer);
+    clearInterval(this.watchdog);
     if (this.source) this.source.close();
     this.herald._lost(code, reason, { established: Boolean(this.proven), transport: this, error });
   }
@@ -757,6 +779,7 @@ class SseTransport extends HttpTransport {
 
   close() {
     this.done = true;
+    clearInterval(this.watchdog);
     if (this.source) this.source.close();
   }
 }

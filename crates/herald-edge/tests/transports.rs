@@ -389,7 +389,7 @@ async fn two_nodes_over_one_broker_deliver_across() {
 }
 
 #[tokio::test]
-async fn sse_sends_a_keep_alive_comment_every_heartbeat() {
+async fn sse_sends_a_ping_event_every_heartbeat_and_names_the_interval_in_welcome() {
     let mut c = config();
     c.limits.sse_heartbeat_secs = 1;
     let edge = start(c).await;
@@ -397,8 +397,8 @@ async fn sse_sends_a_keep_alive_comment_every_heartbeat() {
         .await
         .unwrap();
     let mut seen = String::new();
-    // The comment is the event awaited; WAIT bounds it.
-    while !seen.contains("\n: ping\n\n") {
+    // The ping is the event awaited; WAIT bounds it.
+    while !seen.contains("\nevent: ping\ndata: {}\n\n") {
         let chunk = tokio::time::timeout(WAIT, resp.chunk())
             .await
             .expect("a keep-alive within the wait")
@@ -406,6 +406,10 @@ async fn sse_sends_a_keep_alive_comment_every_heartbeat() {
             .expect("stream open");
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+    assert!(
+        seen.contains("\"ping_interval\":1"),
+        "the welcome names the heartbeat: {seen}"
+    );
 }
 
 #[tokio::test]

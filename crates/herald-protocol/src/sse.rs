@@ -4,8 +4,9 @@
 //! `id:` is the stream's cursor after it and whose `data:` is the same message frame the
 //! WebSocket carries. `subscribed` events (with the cursor as `id:`) report a channel's
 //! position and whether it was recovered; `join`, `leave` and `broadcast` carry the WebSocket
-//! frames of the same name; `close` says why the server ended the stream; `: ping` comments
-//! keep proxies from timing the stream out.
+//! frames of the same name; `close` says why the server ended the stream; a `ping` event every
+//! heartbeat keeps proxies from timing the stream out and lets a script see that the stream is
+//! alive (an `EventSource` hides comments from scripts, so a comment could not do the second).
 
 use bytes::{BufMut as _, BytesMut};
 
@@ -24,8 +25,11 @@ pub const JOIN: &str = "join";
 pub const LEAVE: &str = "leave";
 /// Event name of a broadcast.
 pub const BROADCAST: &str = "broadcast";
-/// The keep-alive comment.
-pub const KEEPALIVE: &[u8] = b": ping\n\n";
+/// Event name of the heartbeat.
+pub const PING: &str = "ping";
+/// The heartbeat event: named, so `EventSource.onmessage` does not fire for it, with a data
+/// line, because a browser dispatches no event without one.
+pub const KEEPALIVE: &[u8] = b"event: ping\ndata: {}\n\n";
 
 /// Writes one event. Raw JSON may hold line breaks only as whitespace (never inside a string),
 /// so they are written as spaces: the JSON means the same and the event stays whole.
@@ -59,16 +63,19 @@ pub fn put_retry(buf: &mut BytesMut, millis: u64) {
     buf.put_u8(b'\n');
 }
 
-/// The data of the `welcome` event (`user` is `""` when anonymous).
+/// The data of the `welcome` event (`user` is `""` when anonymous; `ping_interval`: seconds
+/// between `ping` events).
 pub fn encode_welcome<S: AsRef<str>>(
     client: &str,
     node: &str,
     channels: &[S],
     user: &str,
+    ping_interval_secs: u64,
 ) -> String {
     let channels: Vec<&str> = channels.iter().map(AsRef::as_ref).collect();
-    serde_json::json!({"client": client, "node": node, "channels": channels, "user": user})
-        .to_string()
+    serde_json::json!({"client": client, "node": node, "channels": channels, "user": user,
+        "ping_interval": ping_interval_secs})
+    .to_string()
 }
 
 /// The data of a `subscribed` event.

@@ -140,6 +140,7 @@ impl SseStream {
             &node.config.node_id,
             &req.channels,
             &self.conn.identity().user,
+            node.config.limits.sse_heartbeat_secs,
         );
         sse::put_event(&mut buf, Some(sse::WELCOME), None, welcome.as_bytes());
         let all = self.conn.subscribe_all(&req.stream_channels()).await?;
