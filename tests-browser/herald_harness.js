@@ -19,8 +19,10 @@
     herald: null,
     subs: {},
     // base: where herald.js and the endpoints are ("/direct", "/noupgrade", ...).
-    async start({ base, user, transports, ttl, badToken, channels, options }) {
-      const mod = await import(base + "/herald.js");
+    // url: the edge's absolute URL, for a page on another origin (then `anonymous`: no token).
+    async start({ base, url, anonymous, user, transports, ttl, badToken, channels, options }) {
+      const root = url || location.origin + base;
+      const mod = await import(root + "/herald.js");
       window.HeraldModule = mod;
       const token = async () => {
         rec.tokenCalls += 1;
@@ -31,7 +33,8 @@
         if (!r.ok) throw new Error("dev token: HTTP " + r.status);
         return (await r.json()).token;
       };
-      const herald = new mod.Herald(location.origin + base, { transports, token, ...(options || {}) });
+      const identity = anonymous ? { user } : { token };
+      const herald = new mod.Herald(root, { transports, ...identity, ...(options || {}) });
       this.herald = herald;
       herald.on("state", (s) => rec.states.push(s));
       herald.on("transport", (t) => rec.transports.push(t));

@@ -30,7 +30,7 @@ import pytest
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.support.ui import WebDriverWait
 
-from herald_browser import OUT, chromium, free_port, wait_until
+from herald_browser import OUT, Edge, chromium, free_port, wait_until
 from herald_cluster import STATE_DIR, WAIT, Cluster
 
 HERE = Path(__file__).resolve().parent
@@ -281,6 +281,35 @@ def test_a_quiet_retry_of_the_better_transport_falls_back_again_without_loss(clu
     page.wait("(t => t.every(x => H.texts(arguments[1]).includes(x)))(arguments[0])", "every message",
               expected, channel)
     check_stream(page, channel, expected)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_a_page_on_another_origin_uses_the_edge_with_cors(proxy, open_page, transport, tmp_path):
+    # An edge that lists the test proxy's origin (the page's) in allowed_origins; the page loads
+    # herald.js from the edge's origin and uses it there.
+    config = tmp_path / "cors.toml"
+    config.write_text(f'[limits]\nallowed_origins = ["{proxy.url}"]\n')
+    edge = Edge.start(f"edge-cors-{transport}", extra_args=["--config", str(config)])
+    try:
+        page = open_page(f"cors-{transport}")
+        channel = "cors-" + uuid.uuid4().hex[:8]
+        got = page.call("H.start(arguments[0])", {"url": edge.url, "anonymous": True, "user": "gina",
+                                                  "channels": [channel], "transports": [transport]})
+        assert "ok" in got, got
+        assert got["ok"]["transport"] == transport
+        for i in range(3):
+            page.call("H.send(arguments[0], arguments[1])", channel, f"x{i}")
+        page.call("H.send(arguments[0], 'quiet', {skipSelf: true})", channel)
+        page.call("H.send(arguments[0], 'after')", channel)
+        page.wait("H.texts(arguments[0]).includes('after')", "the messages", channel)
+        assert page.js("H.texts(arguments[0])", channel) == ["x0", "x1", "x2", "after"]
+        history = page.call("H.herald.history(arguments[0], {limit: 10})", channel)["ok"]
+        assert [m["data"]["text"] for m in history["messages"]] == ["x0", "x1", "x2", "quiet", "after"]
+        presence = page.call("H.herald.presence(arguments[0])", channel)["ok"]
+        assert isinstance(presence, list)
+        assert page.rec()["rejects"] == []
+    finally:
+        edge.stop()
 
 
 @pytest.mark.parametrize("command", ["kill", "stop"])

@@ -574,7 +574,7 @@ class HttpTransport {
       return Promise.reject(new HeraldError("binary data needs the WebSocket transport", { reason: "bad_request" }));
     }
     const body = { channel, data };
-    if (this.client) body.client = this.client;
+    if (this.client && !this.herald._crossOrigin) body.client = this.client;
     if (options.skipSelf) body.skip_self = true;
     return this._fetch(
       this.herald._endpoint("/publish"),
@@ -584,13 +584,15 @@ class HttpTransport {
   }
 
   presence(channel, token) {
-    const url = this._query(this.herald._endpoint("/presence"), { channel, channel_token: token, client: this.client });
+    const client = this.herald._crossOrigin ? null : this.client;
+    const url = this._query(this.herald._endpoint("/presence"), { channel, channel_token: token, client });
     return this._fetch(url).then((r) => r.clients);
   }
 
   history(channel, query, token) {
     const since = query.since ? `${query.since.epoch}:${query.since.offset}` : undefined;
-    const url = this._query(this.herald._endpoint("/history"), { channel, since, limit: query.limit, channel_token: token, client: this.client });
+    const client = this.herald._crossOrigin ? null : this.client;
+    const url = this._query(this.herald._endpoint("/history"), { channel, since, limit: query.limit, channel_token: token, client });
     return this._fetch(url).then((r) => ({ ...r, messages: r.messages.map((m) => ({ ...m, data: decodeData(m.data) })) }));
   }
 
@@ -928,6 +930,10 @@ export class Herald {
     base.search = "";
     base.hash = "";
     this._base = base;
+    // A page on another origin than the edge (the edge must list it in `allowed_origins`):
+    // no cookie reaches the edge, so a POST cannot be routed to the stream's edge by affinity
+    // and names no stream (`client`); skipSelf is then applied here.
+    this._crossOrigin = Boolean(globalThis.location && base.origin !== globalThis.location.origin);
     for (const t of this.options.transports) {
       if (!TRANSPORTS[t]) throw new HeraldError(`unknown transport ${t}`, { reason: "bad_request" });
     }
