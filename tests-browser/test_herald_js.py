@@ -284,6 +284,33 @@ def test_a_quiet_retry_of_the_better_transport_falls_back_again_without_loss(clu
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+def test_channels_come_and_go_on_one_connection_and_a_resubscribe_resumes(cluster, open_page, channel, transport):
+    a, b = channel + "-a", channel + "-b"
+    page = open_page(f"{transport}-channels")
+    start(page, "/direct", a, "hana", transports=[transport])
+    page.call("H.subscribe(arguments[0])", b)
+    for ch in (a, b):
+        cluster.publish(ch, {"text": f"one {ch}"})
+    page.wait("H.texts(arguments[0]).length === 1 && H.texts(arguments[1]).length === 1", "one message on each", a, b)
+    position = page.js("H.subs[arguments[0]].position", a)
+    page.driver.execute_script("H.subs[arguments[0]].unsubscribe()", a)
+    for ch in (a, b):
+        cluster.publish(ch, {"text": f"two {ch}"})
+    page.wait("H.texts(arguments[0]).length === 2", "the second message on b", b)
+    assert page.js("H.texts(arguments[0])", a) == [f"one {a}"]  # a is no longer delivered
+    # Subscribing again from the position it had: the message it missed comes first, once.
+    page.driver.execute_script(
+        "H.herald.subscribe(arguments[0], {since: arguments[1], onMessage: (m) => H.rec.messages.push("
+        "{channel: arguments[0], epoch: m.epoch, offset: m.offset, data: m.data}), onReset: (r) => H.rec.resets.push(r)})",
+        a, position)
+    cluster.publish(a, {"text": f"three {a}"})
+    page.wait("H.texts(arguments[0]).length === 3", "the missed and the new message on a", a)
+    assert page.js("H.texts(arguments[0])", a) == [f"one {a}", f"two {a}", f"three {a}"]
+    check_stream(page, a, [f"one {a}", f"two {a}", f"three {a}"])
+    check_stream(page, b, [f"one {b}", f"two {b}"])
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
 def test_a_page_on_another_origin_uses_the_edge_with_cors(proxy, open_page, transport, tmp_path):
     # An edge that lists the test proxy's origin (the page's) in allowed_origins; the page loads
     # herald.js from the edge's origin and uses it there.

@@ -1292,7 +1292,8 @@ export class Herald {
 
   _unsubscribe(sub) {
     if (this._subs.get(sub.channel) === sub) this._subs.delete(sub.channel);
-    if (this._conn && this.state === "connected" && sub.established) this._conn.unsubscribe(sub);
+    // Also when not yet confirmed: a subscribe may be on its way (an error 110 is ignored).
+    if (this._conn && this.state === "connected") this._conn.unsubscribe(sub);
     sub.established = false;
   }
 
