@@ -18,6 +18,7 @@
 //!   channel's lock, so per-channel delivery order is offset order.
 //! * [`redis::RedisBroker`] — the cluster: an atomic Lua publish (offset, XADD, PUBLISH), one
 //!   dedicated pub/sub connection per node, presence hashes and a node registry with TTLs.
+//!   The same broker also runs on a Redis Cluster with sharded pub/sub (SSUBSCRIBE/SPUBLISH).
 //!
 //! Guarantees every implementation keeps: offsets in a channel grow by exactly one per publish;
 //! events for one channel reach [`BrokerEvents::on_event`] in offset order; a publish returns

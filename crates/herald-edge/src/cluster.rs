@@ -1,4 +1,5 @@
-//! Connecting the edge to the Redis cluster broker, and exporting its health as metrics.
+//! Connecting the edge to the Redis broker (one Redis, or a Redis Cluster), and exporting its
+//! health as metrics.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -18,13 +19,38 @@ pub(crate) async fn connect_redis(
     config: &EdgeConfig,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    let mut rc = RedisBrokerConfig::new(url, config.node_id.clone());
+    let rc = RedisBrokerConfig::new(url, config.node_id.clone());
+    connect(rc, &redact(url), metrics).await
+}
+
+/// Connects the Redis broker to the Redis Cluster reached through the seed `nodes` (sharded
+/// pub/sub) and starts exporting its health.
+pub(crate) async fn connect_redis_cluster(
+    nodes: &[String],
+    config: &EdgeConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    let rc = RedisBrokerConfig::cluster(nodes.to_vec(), config.node_id.clone());
+    let seeds: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
+    connect(
+        rc,
+        &format!("the Redis Cluster {}", seeds.join(",")),
+        metrics,
+    )
+    .await
+}
+
+async fn connect(
+    mut rc: RedisBrokerConfig,
+    what: &str,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Broker>> {
     // The hub owns the node's one unsubscribe delay (`limits.unsubscribe_delay_ms`); the broker
     // unsubscribes when told, batching what arrives together.
     rc.unsubscribe_delay = Duration::ZERO;
     let broker = RedisBroker::connect(rc)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {}: {e}", redact(url)))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {what}: {e}"))?;
     export_health(&broker, metrics);
     Ok(broker)
 }

@@ -35,6 +35,16 @@ pub struct Cli {
     /// Redis URL (`redis://[:password@]host:port[/db]` or `rediss://`); absent: in-process broker.
     #[arg(long, env = "HERALD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, `host:port[,host:port…]` (each may also be a full
+    /// `redis://[:password@]host:port` or `rediss://` URL, for a password or TLS); the topology
+    /// is discovered. Sharded pub/sub, Redis ≥ 7. Not together with `--redis-url`.
+    #[arg(
+        long,
+        env = "HERALD_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
     /// TOML file with namespaces and limits.
     #[arg(long, env = "HERALD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -285,6 +295,9 @@ pub struct EdgeConfig {
     pub node_id: String,
     /// Redis URL, if clustered.
     pub redis_url: Option<String>,
+    /// Redis Cluster seed node URLs (`redis://host:port`), if clustered over a Redis Cluster;
+    /// empty otherwise. Exclusive with `redis_url`.
+    pub redis_cluster: Vec<String>,
     /// API key for `/api/*`.
     pub api_key: Option<String>,
     /// Identity: token keys, anonymous access, proxy hooks.
@@ -306,6 +319,7 @@ impl Default for EdgeConfig {
             metrics_listen: "127.0.0.1:0".parse().expect("addr"),
             node_id: "herald".into(),
             redis_url: None,
+            redis_cluster: Vec::new(),
             api_key: None,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -349,6 +363,13 @@ impl EdgeConfig {
             metrics_listen: cli.metrics_listen,
             node_id,
             redis_url: cli.redis_url.filter(|u| !u.is_empty()),
+            redis_cluster: cli
+                .redis_cluster
+                .iter()
+                .map(|node| node.trim())
+                .filter(|node| !node.is_empty())
+                .map(cluster_node_url)
+                .collect(),
             api_key: cli.api_key.filter(|k| !k.is_empty()),
             auth,
             limits,
@@ -447,6 +468,16 @@ impl EdgeConfig {
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return bad("redis url must start with redis:// or rediss://".into());
+            }
+        }
+        if self.redis_url.is_some() && !self.redis_cluster.is_empty() {
+            return bad("set either a redis url or redis cluster nodes, not both".into());
+        }
+        for url in &self.redis_cluster {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad(format!(
+                    "redis cluster node {url:?} must be host:port, redis:// or rediss://"
+                ));
             }
         }
         for (name, ns) in self
@@ -555,6 +586,16 @@ fn hostname() -> String {
         .unwrap_or_else(|| "herald".into())
 }
 
+/// A `--redis-cluster` entry as a URL: `host:port` becomes `redis://host:port`; an entry with a
+/// scheme is kept (a wrong scheme is refused by `validate`).
+fn cluster_node_url(node: &str) -> String {
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("redis://{node}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,6 +610,24 @@ mod tests {
         let c = parse(&["herald", "--node-id", "n1"]).unwrap();
         assert_eq!(c.listen.port(), 8080);
         assert_eq!(c.limits.ws_read_buffer, 1024);
+        assert!(c.redis_url.is_none());
+        assert!(c.redis_cluster.is_empty());
+    }
+
+    #[test]
+    fn redis_cluster_seeds_become_urls() {
+        let c = parse(&[
+            "herald",
+            "--node-id",
+            "n1",
+            "--redis-cluster",
+            "10.0.0.1:7000, rediss://:pw@10.0.0.2:7001,",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis_cluster,
+            vec!["redis://10.0.0.1:7000", "rediss://:pw@10.0.0.2:7001"]
+        );
         assert!(c.redis_url.is_none());
     }
 
@@ -601,6 +660,15 @@ mod tests {
         assert!(parse(&["herald", "--node-id", "bad id"]).is_err());
         assert!(parse(&["herald", "--node-id", "n", "--redis-url", "http://x"]).is_err());
         assert!(parse(&["herald", "--node-id", "n", "--log-format", "xml"]).is_err());
+        assert!(parse(&["herald", "--node-id", "n", "--redis-cluster", "http://x:1"]).is_err());
+        let both = ["--redis-url", "redis://a:1", "--redis-cluster", "b:2"];
+        assert!(Cli::try_parse_from(["herald"].iter().chain(&both)).is_err());
+        let c = EdgeConfig {
+            redis_url: Some("redis://a:1".into()),
+            redis_cluster: vec!["redis://b:2".into()],
+            ..EdgeConfig::default()
+        };
+        assert!(c.validate().is_err());
         assert!(parse(&[
             "herald",
             "--node-id",

@@ -67,11 +67,16 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Starts an edge with the broker its config names (Redis when `redis_url` is set).
+    /// Starts an edge with the broker its config names (Redis when `redis_url` is set, a Redis
+    /// Cluster when `redis_cluster` is).
     pub async fn start(config: EdgeConfig) -> anyhow::Result<Edge> {
         let metrics = Arc::new(Metrics::new());
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => crate::cluster::connect_redis(url, &config, &metrics).await?,
+            None if !config.redis_cluster.is_empty() => {
+                crate::cluster::connect_redis_cluster(&config.redis_cluster, &config, &metrics)
+                    .await?
+            }
             None => {
                 let broker = Arc::new(MemoryBroker::new());
                 // Stops on `Broker::shutdown`, which `Edge::shutdown` calls.

@@ -26,6 +26,22 @@ pub struct RedisServer {
     tls_port: Option<u16>,
     /// More `redis-server` arguments (`--maxmemory 2mb`, ...), kept across `restart`.
     extra_args: Vec<String>,
+    /// A cluster node: it also binds `port + 10000` (the cluster bus), so its port is picked
+    /// with that one free too, and picked again should the first start lose the race for it.
+    cluster_bus: bool,
+    /// Whether the server ever came up (after that its port is kept, for `restart`).
+    started: bool,
+}
+
+/// A free port `p` whose cluster bus port `p + 10000` is free too.
+fn free_port_with_bus() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if port <= 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
 }
 
 fn free_port() -> u16 {
@@ -81,7 +97,12 @@ impl RedisServer {
             password: password.map(str::to_string),
             tls_port,
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            cluster_bus: args.contains(&"--cluster-enabled"),
+            started: false,
         };
+        if server.cluster_bus {
+            server.port = free_port_with_bus();
+        }
         server.spawn();
         server
     }
@@ -126,6 +147,7 @@ impl RedisServer {
             while Instant::now() < deadline {
                 if answers_ping(self.port) {
                     self.child = Some(child);
+                    self.started = true;
                     return;
                 }
                 if let Ok(Some(_)) = child.try_wait() {
@@ -140,6 +162,10 @@ impl RedisServer {
                 "redis-server did not come up on port {}",
                 self.port
             );
+            if self.cluster_bus && !self.started {
+                // Its port or bus port was taken meanwhile: a new pair.
+                self.port = free_port_with_bus();
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -36,8 +36,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::RedisError;
 
+use super::sharded::{Client, Conn};
 use super::RedisBrokerConfig;
 use crate::BrokerError;
 
@@ -63,7 +64,7 @@ pub(crate) fn map_err(err: RedisError) -> BrokerError {
 
 /// The command connections, shared by every call of the broker.
 pub(crate) struct Commands {
-    connections: Vec<ConnectionManager>,
+    connections: Vec<Conn>,
     next: AtomicUsize,
     timeout: Duration,
 }
@@ -74,6 +75,18 @@ impl Commands {
         client: &Client,
         config: &RedisBrokerConfig,
     ) -> Result<Self, BrokerError> {
+        let client = match client {
+            Client::Single(client) => client,
+            Client::Cluster { nodes, ca } => {
+                // One cluster connection already multiplexes one connection per node.
+                let connection = Client::cluster_commands(nodes, ca, config).await?;
+                return Ok(Self {
+                    connections: vec![connection],
+                    next: AtomicUsize::new(0),
+                    timeout: config.command_timeout,
+                });
+            }
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
@@ -88,7 +101,7 @@ impl Commands {
                 .await
                 .map_err(|_| BrokerError::Unavailable("redis: connect timed out".into()))?
                 .map_err(map_err)?;
-            connections.push(connection);
+            connections.push(Conn::Single(connection));
         }
         Ok(Self {
             connections,
@@ -100,7 +113,7 @@ impl Commands {
     /// Runs one request on the next connection, bounded by the command timeout.
     pub(crate) async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, BrokerError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();

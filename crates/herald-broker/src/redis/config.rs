@@ -13,6 +13,11 @@ pub struct RedisBrokerConfig {
     /// `redis://[:password@]host:port[/db]` or `rediss://` (TLS through rustls, system roots).
     /// Default `redis://127.0.0.1:6379`.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://[:password@]host:port` or `rediss://`, any
+    /// subset of the nodes: the topology is discovered). When non-empty the broker talks to
+    /// the cluster with sharded pub/sub (see `sharded.rs`) and `url` is only used in messages.
+    /// Default empty (one Redis at `url`).
+    pub cluster_nodes: Vec<String>,
     /// A PEM file of CA certificates to trust for `rediss://` instead of the system roots
     /// (a private CA, or a self-signed Redis certificate). Default none.
     pub tls_ca_file: Option<std::path::PathBuf>,
@@ -66,6 +71,7 @@ impl Default for RedisBrokerConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             tls_ca_file: None,
             node_id: "node".into(),
             prefix: "herald".into(),
@@ -96,11 +102,31 @@ impl RedisBrokerConfig {
         }
     }
 
+    /// A default configuration for the Redis Cluster reached through the seed `nodes`.
+    pub fn cluster(nodes: Vec<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            url: nodes.first().cloned().unwrap_or_default(),
+            cluster_nodes: nodes,
+            node_id: node_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the broker talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
     /// Checks the values make sense together.
     pub fn validate(&self) -> Result<(), BrokerError> {
         let bad = |what: &str| Err(BrokerError::Config(what.to_string()));
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
             return bad("redis url must start with redis:// or rediss://");
+        }
+        for node in &self.cluster_nodes {
+            if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                return bad("redis cluster node urls must start with redis:// or rediss://");
+            }
         }
         if self.tls_ca_file.is_some() && !self.url.starts_with("rediss://") {
             return bad("tls_ca_file needs a rediss:// url");

@@ -14,7 +14,22 @@
 //! | `herald:nodes`               | set     | ids of nodes that have written an entry         |
 //!
 //! Channel names never contain braces, so the `{channel}` hash tag keeps a channel's keys on
-//! one slot should the keys ever move to a Redis Cluster.
+//! one slot.
+//!
+//! On a Redis Cluster (`cluster` mode) the topics are sharded pub/sub channels, which live on
+//! a slot like keys, so they carry hash tags too:
+//!
+//! | name                                | what                                             |
+//! |-------------------------------------|--------------------------------------------------|
+//! | `herald:t:{chat:lobby}`             | the channel's topic, on the slot of its keys     |
+//! | `herald:broadcast:{herald}`         | cluster-wide broadcast (every node SSUBSCRIBEs)  |
+//! | `herald:probe:{herald}:<node>:<id>` | this broker instance's liveness probe            |
+//! | `herald:node:{herald}:<node>`       | registry entry                                   |
+//! | `herald:nodes:{herald}`             | ids of nodes that have written an entry          |
+//!
+//! The fixed `{herald}` tag (whatever the prefix) puts the registry, the broadcast topic and
+//! the probes on one slot, so `MGET` of the entries and the registry transaction stay legal;
+//! the probe therefore checks the path through that one shard.
 
 /// Builds key and topic names for one prefix.
 #[derive(Debug, Clone)]
@@ -25,7 +40,12 @@ pub(crate) struct Keys {
     broadcast: String,
     probe: String,
     nodes: String,
+    /// Cluster mode: topics and cluster-wide names carry hash tags.
+    cluster: bool,
 }
+
+/// The hash tag of the cluster-wide names in cluster mode.
+const CLUSTER_TAG: &str = "{herald}";
 
 impl Keys {
     /// Names for `prefix`; `instance` makes the probe topic unique per broker instance.
@@ -36,6 +56,28 @@ impl Keys {
             broadcast: format!("{prefix}:broadcast"),
             probe: format!("{prefix}:probe:{node_id}:{instance}"),
             nodes: format!("{prefix}:nodes"),
+            cluster: false,
+        }
+    }
+
+    /// Names for a Redis Cluster (see the module docs).
+    pub(crate) fn new_cluster(prefix: &str, node_id: &str, instance: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            topic_front: format!("{prefix}:t:"),
+            broadcast: format!("{prefix}:broadcast:{CLUSTER_TAG}"),
+            probe: format!("{prefix}:probe:{CLUSTER_TAG}:{node_id}:{instance}"),
+            nodes: format!("{prefix}:nodes:{CLUSTER_TAG}"),
+            cluster: true,
+        }
+    }
+
+    /// The command that publishes on a topic: `SPUBLISH` on a cluster, else `PUBLISH`.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
         }
     }
 
@@ -56,15 +98,26 @@ impl Keys {
 
     /// The channel's pub/sub topic.
     pub(crate) fn topic(&self, channel: &str) -> String {
-        let mut topic = String::with_capacity(self.topic_front.len() + channel.len());
+        let mut topic = String::with_capacity(self.topic_front.len() + channel.len() + 2);
         topic.push_str(&self.topic_front);
-        topic.push_str(channel);
+        if self.cluster {
+            topic.push('{');
+            topic.push_str(channel);
+            topic.push('}');
+        } else {
+            topic.push_str(channel);
+        }
         topic
     }
 
     /// The channel a topic belongs to, if it is a channel topic.
     pub(crate) fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        topic.strip_prefix(self.topic_front.as_str())
+        let rest = topic.strip_prefix(self.topic_front.as_str())?;
+        if self.cluster {
+            rest.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(rest)
+        }
     }
 
     /// The cluster broadcast topic.
@@ -79,7 +132,11 @@ impl Keys {
 
     /// A node's registry entry.
     pub(crate) fn node(&self, node_id: &str) -> String {
-        format!("{}:node:{node_id}", self.prefix)
+        if self.cluster {
+            format!("{}:node:{CLUSTER_TAG}:{node_id}", self.prefix)
+        } else {
+            format!("{}:node:{node_id}", self.prefix)
+        }
     }
 
     /// The set of node ids.
@@ -102,5 +159,21 @@ mod tests {
         assert_eq!(k.channel_of("herald:broadcast"), None);
         assert_eq!(k.probe(), "herald:probe:n1:x");
         assert_eq!(k.node("n1"), "herald:node:n1");
+    }
+
+    #[test]
+    fn cluster_names_carry_hash_tags() {
+        let k = Keys::new_cluster("herald", "n1", "x");
+        assert_eq!(k.topic("chat:lobby"), "herald:t:{chat:lobby}");
+        assert_eq!(k.channel_of("herald:t:{chat:lobby}"), Some("chat:lobby"));
+        assert_eq!(k.channel_of("herald:t:chat:lobby"), None);
+        assert_eq!(k.broadcast(), "herald:broadcast:{herald}");
+        assert_eq!(k.probe(), "herald:probe:{herald}:n1:x");
+        assert_eq!(k.node("n1"), "herald:node:{herald}:n1");
+        assert_eq!(k.nodes(), "herald:nodes:{herald}");
+        assert_eq!(k.publish_command(), "SPUBLISH");
+        use super::super::sharded::slot;
+        assert_eq!(slot(k.topic("a").as_bytes()), slot(k.meta("a").as_bytes()));
+        assert_eq!(slot(k.nodes().as_bytes()), slot(k.broadcast().as_bytes()));
     }
 }

@@ -42,6 +42,18 @@
 //! * the presence refresher — rewrites this node's presence entries every third of their TTL,
 //!   and at once after a reconnect.
 //!
+//! # Redis Cluster
+//!
+//! With [`RedisBrokerConfig::cluster_nodes`] set (the edge's `--redis-cluster`) the same broker
+//! talks to a Redis Cluster (Redis ≥ 7) through redis-rs's `cluster_async` (`sharded.rs`): every
+//! key of a channel carries the `{channel}` hash tag, so each script runs on the channel's
+//! shard, and the scripts `SPUBLISH` on the channel's topic, which carries the same tag
+//! (`keys.rs`). Nodes `SSUBSCRIBE` on one RESP3 cluster connection, i.e. one connection per
+//! shard, grouped by slot per command; a message crosses only its own shard. The registry,
+//! broadcast and probe names share the fixed `{herald}` tag. Losing any shard's pub/sub
+//! connection makes the supervisor resubscribe everything and emit one `Resync`, as above.
+//! Not handled yet: an offset regression after a failover (see issue 13).
+//!
 //! # TLS
 //!
 //! `rediss://` URLs connect through rustls with the `ring` provider and the system's root
@@ -77,6 +89,7 @@ mod publish;
 mod pubsub;
 mod registry;
 mod scripts;
+mod sharded;
 mod subscriber;
 mod subscriptions;
 
@@ -122,7 +135,12 @@ impl RedisBroker {
         config.validate()?;
         let client = open_client(&config)?;
         let instance = crate::new_epoch();
-        let keys = Keys::new(&config.prefix, &config.node_id, &instance);
+        let is_cluster = config.is_cluster();
+        let keys = if is_cluster {
+            Keys::new_cluster(&config.prefix, &config.node_id, &instance)
+        } else {
+            Keys::new(&config.prefix, &config.node_id, &instance)
+        };
         let commands = Arc::new(Commands::connect(&client, &config).await?);
         let pubsub = Arc::new(PubSub::new(client, keys.clone(), config.clone()));
         let stream = pubsub.establish().await?;
@@ -130,7 +148,7 @@ impl RedisBroker {
         let broker = Arc::new(Self {
             config,
             keys,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(is_cluster),
             commands: commands.clone(),
             pubsub: pubsub.clone(),
             presence: PresenceBook::default(),
@@ -226,22 +244,35 @@ impl Drop for RedisBroker {
     }
 }
 
-/// The redis-rs client for the configured URL (and CA file).
-fn open_client(config: &RedisBrokerConfig) -> Result<redis::Client, BrokerError> {
+/// The redis-rs client for the configured URL (and CA file), or the cluster's seed nodes.
+fn open_client(config: &RedisBrokerConfig) -> Result<sharded::Client, BrokerError> {
+    let read_ca = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| BrokerError::Config(format!("tls_ca_file {}: {err}", path.display())))
+    };
+    if config.is_cluster() {
+        let ca = match &config.tls_ca_file {
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
+        return Ok(sharded::Client::Cluster {
+            nodes: config.cluster_nodes.clone(),
+            ca,
+        });
+    }
     let bad_url = |err: redis::RedisError| BrokerError::Config(format!("redis url: {err}"));
-    match &config.tls_ca_file {
+    let client = match &config.tls_ca_file {
         None => redis::Client::open(config.url.as_str()).map_err(bad_url),
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|err| {
-                BrokerError::Config(format!("tls_ca_file {}: {err}", path.display()))
-            })?;
+            let pem = read_ca(path)?;
             let certificates = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem),
             };
             redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(bad_url)
         }
-    }
+    }?;
+    Ok(sharded::Client::Single(client))
 }
 
 #[async_trait]

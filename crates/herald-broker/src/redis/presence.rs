@@ -55,6 +55,32 @@ impl RedisBroker {
         entries: &[(Arc<str>, PresenceEntry)],
         announce: bool,
     ) -> Result<u64, BrokerError> {
+        if !self.config.is_cluster() || entries.len() < 2 {
+            return self.write_presence_slot(entries, announce).await;
+        }
+        // A script's keys must share one slot on a cluster: one call per slot.
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<(Arc<str>, PresenceEntry)>> =
+            Default::default();
+        for (channel, entry) in entries {
+            let slot = super::sharded::slot(self.keys.presence(channel).as_bytes());
+            by_slot
+                .entry(slot)
+                .or_default()
+                .push((channel.clone(), entry.clone()));
+        }
+        let mut added = 0;
+        for group in by_slot.values() {
+            added += self.write_presence_slot(group, announce).await?;
+        }
+        Ok(added)
+    }
+
+    /// [`RedisBroker::write_presence`] of entries whose keys share one slot (on a cluster).
+    async fn write_presence_slot(
+        &self,
+        entries: &[(Arc<str>, PresenceEntry)],
+        announce: bool,
+    ) -> Result<u64, BrokerError> {
         let mut invocation = self.scripts.presence_add.prepare_invoke();
         invocation
             .arg(Self::ttl_ms(self.config.presence_ttl))

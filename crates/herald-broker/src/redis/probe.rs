@@ -10,8 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-use redis::aio::PubSubStream;
+use super::sharded::Incoming;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -30,7 +29,7 @@ impl PubSub {
     /// PINGed and the probe published, retried until `probe_timeout`.
     pub(crate) async fn verify(
         &self,
-        stream: &mut PubSubStream,
+        stream: &mut Incoming,
         commands: &Arc<Commands>,
         cancel: &CancellationToken,
     ) -> Result<(), BrokerError> {
@@ -75,10 +74,14 @@ impl PubSub {
     /// on a command). Returns its nonce and deadline.
     pub(crate) fn send_probe(&self, commands: &Arc<Commands>) -> (u64, tokio::time::Instant) {
         let nonce: u64 = rand::random();
-        let this = (self.keys.probe().to_string(), commands.clone());
+        let this = (
+            self.keys.probe().to_string(),
+            self.keys.publish_command(),
+            commands.clone(),
+        );
         tokio::spawn(async move {
-            let (topic, commands) = this;
-            if let Err(err) = publish_probe(&commands, &topic, nonce).await {
+            let (topic, publish, commands) = this;
+            if let Err(err) = publish_probe(&commands, publish, &topic, nonce).await {
                 debug!(cause = %err, "probe publish failed");
             }
         });
@@ -89,14 +92,25 @@ impl PubSub {
     }
 
     async fn publish_probe(&self, commands: &Commands, nonce: u64) -> Result<(), BrokerError> {
-        publish_probe(commands, self.keys.probe(), nonce).await
+        publish_probe(
+            commands,
+            self.keys.publish_command(),
+            self.keys.probe(),
+            nonce,
+        )
+        .await
     }
 }
 
-async fn publish_probe(commands: &Commands, topic: &str, nonce: u64) -> Result<(), BrokerError> {
+async fn publish_probe(
+    commands: &Commands,
+    publish: &'static str,
+    topic: &str,
+    nonce: u64,
+) -> Result<(), BrokerError> {
     commands
         .run("probe", |mut con| async move {
-            redis::cmd("PUBLISH")
+            redis::cmd(publish)
                 .arg(topic)
                 .arg(codec::encode_probe(nonce))
                 .query_async::<i64>(&mut con)

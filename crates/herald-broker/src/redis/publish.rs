@@ -45,13 +45,13 @@ impl RedisBroker {
         Ok(StreamPosition { epoch, offset })
     }
 
-    /// PUBLISHes on the cluster broadcast topic.
+    /// PUBLISHes (SPUBLISHes on a Redis Cluster) on the cluster broadcast topic.
     pub(super) async fn broadcast_message(&self, payload: Payload) -> Result<(), BrokerError> {
         self.ensure_connected()?;
         let message = codec::encode_broadcast(&payload);
         self.commands
             .run("broadcast", |mut con| async move {
-                redis::cmd("PUBLISH")
+                redis::cmd(self.keys.publish_command())
                     .arg(self.keys.broadcast())
                     .arg(message)
                     .query_async::<i64>(&mut con)

@@ -30,9 +30,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use redis::aio::{PubSubSink, PubSubStream};
-use redis::Client;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -41,6 +38,7 @@ use super::codec;
 use super::commands::{map_err, Commands};
 use super::inbound::{Inbound, Inbox};
 use super::keys::Keys;
+use super::sharded::{Client, Delivery, Incoming, Sink};
 use super::subscriber::Waiting;
 use super::subscriptions::{Acquired, Subscriptions};
 use super::RedisBrokerConfig;
@@ -62,7 +60,7 @@ pub(crate) struct PubSub {
     /// The live connection's sink: set by `establish`, cleared by the supervisor when the
     /// connection is lost; `subscribe` and the unsubscriber clone it to send commands. `None`
     /// means disconnected.
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Sink>>,
     /// Held by the subscriber task, the unsubscriber and `establish` from reading the table to
     /// Redis's confirmation of the matching (UN)SUBSCRIBE, so wire commands follow table order.
     pub(crate) wire: tokio::sync::Mutex<()>,
@@ -147,19 +145,14 @@ impl PubSub {
         }
     }
 
-    pub(crate) fn current_sink(&self) -> Option<PubSubSink> {
+    pub(crate) fn current_sink(&self) -> Option<Sink> {
         self.sink.lock().expect("sink lock").clone()
     }
 
     /// Opens a connection and subscribes everything this node needs. On success the sink is
     /// installed and the message stream returned; health is the caller's to set.
-    pub(crate) async fn establish(&self) -> Result<PubSubStream, BrokerError> {
-        let connect = self.client.get_async_pubsub();
-        let connection = tokio::time::timeout(self.config.connect_timeout, connect)
-            .await
-            .map_err(|_| unavailable("connect timed out"))?
-            .map_err(map_err)?;
-        let (mut sink, stream) = connection.split();
+    pub(crate) async fn establish(&self) -> Result<Incoming, BrokerError> {
+        let (mut sink, stream) = self.client.pubsub(&self.config).await?;
         let _wire = self.wire.lock().await;
         let mut topics = vec![
             self.keys.broadcast().to_string(),
@@ -248,7 +241,7 @@ impl PubSub {
     /// The supervisor: serves `stream`, and reconnects whenever it is lost, until `cancel`.
     pub(crate) async fn run(
         self: Arc<Self>,
-        mut stream: PubSubStream,
+        mut stream: Incoming,
         commands: Arc<Commands>,
         cancel: CancellationToken,
     ) {
@@ -283,7 +276,7 @@ impl PubSub {
         &self,
         commands: &Arc<Commands>,
         cancel: &CancellationToken,
-    ) -> Option<PubSubStream> {
+    ) -> Option<Incoming> {
         let mut delay = self.config.reconnect_min;
         for attempt in 1u32.. {
             tokio::select! {
@@ -314,7 +307,7 @@ impl PubSub {
     /// Reads one connection until it ends, its probe fails, or `cancel`.
     async fn serve(
         &self,
-        stream: &mut PubSubStream,
+        stream: &mut Incoming,
         commands: &Arc<Commands>,
         cancel: &CancellationToken,
     ) -> Ended {
@@ -348,10 +341,15 @@ impl PubSub {
     /// and queues anything else for the dispatcher (dropped and counted when the queue is full).
     pub(crate) fn route(
         &self,
-        message: redis::Msg,
+        delivery: Delivery,
         pending: &mut Option<(u64, tokio::time::Instant)>,
     ) {
         self.touch();
+        let message = match delivery {
+            Delivery::Message(message) => message,
+            // Through the queue, after the messages read before it.
+            Delivery::Resync => return self.inbox.push(Inbound::Resync),
+        };
         if message.get_channel_name() == self.keys.probe() {
             let bytes = message.get_payload_bytes();
             if pending.is_some_and(|(nonce, _)| codec::decode_probe(bytes) == Some(nonce)) {

@@ -29,13 +29,23 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// The scripts; on a Redis Cluster (`cluster`) they `SPUBLISH` instead of `PUBLISH`
+    /// (Redis ≥ 7 allows it in a script when the shard channel hashes to the slot of the
+    /// script's keys, which the `{channel}` tag of every topic guarantees).
+    pub(crate) fn new(cluster: bool) -> Self {
+        let load = |source: &str| {
+            if cluster {
+                Script::new(&source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+            } else {
+                Script::new(source)
+            }
+        };
         Self {
-            publish: Script::new(include_str!("lua/publish.lua")),
-            history: Script::new(include_str!("lua/history.lua")),
-            presence_add: Script::new(include_str!("lua/presence_add.lua")),
-            presence_remove: Script::new(include_str!("lua/presence_remove.lua")),
-            presence_read: Script::new(include_str!("lua/presence_read.lua")),
+            publish: load(include_str!("lua/publish.lua")),
+            history: load(include_str!("lua/history.lua")),
+            presence_add: load(include_str!("lua/presence_add.lua")),
+            presence_remove: load(include_str!("lua/presence_remove.lua")),
+            presence_read: load(include_str!("lua/presence_read.lua")),
         }
     }
 }
