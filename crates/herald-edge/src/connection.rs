@@ -485,6 +485,20 @@ impl Connection {
         self.emit(emits, out);
     }
 
+    /// [`Connection::absorb`]s `first` and whatever else is queued, up to `max` items: one
+    /// wake-up's batch for a transport to write and flush once.
+    pub(crate) async fn absorb_batch(&mut self, first: Outbound, max: usize, out: &mut Vec<Event>) {
+        let mut item = Some(first);
+        let mut n = 0;
+        while let Some(current) = item.take() {
+            self.absorb(current, out).await;
+            n += 1;
+            if n < max {
+                item = self.try_recv();
+            }
+        }
+    }
+
     /// Whether history is still to be read for some channel before its live delivery resumes:
     /// the transport then calls [`Connection::catch_up`] whenever it is otherwise idle.
     pub(crate) fn is_catching_up(&self) -> bool {

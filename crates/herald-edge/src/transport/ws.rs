@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -70,30 +70,11 @@ pub(crate) async fn upgrade(
     Query(params): Query<WsParams>,
     mut req: Request<Body>,
 ) -> Response {
-    let headers = req.headers();
-    let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
-        && header_has(headers, header::UPGRADE, "websocket");
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return EdgeError::http(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade request",
-        )
-        .into_response();
+    let key = match upgrade_key(&req) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
     };
-    if !is_upgrade || req.method() != axum::http::Method::GET {
-        return EdgeError::http(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade request",
-        )
-        .into_response();
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v != "13")
-    {
-        return EdgeError::http(StatusCode::BAD_REQUEST, "unsupported WebSocket version")
-            .into_response();
-    }
+    let headers = req.headers();
     // Refusals after the handshake carry a close code a browser can read; a malformed request
     // (a bad display name) is an HTTP error.
     let admission = match admit(&node, params, headers, peer).await {
@@ -101,21 +82,8 @@ pub(crate) async fn upgrade(
         Err(e @ EdgeError::Http { .. }) => return e.into_response(),
         Err(e) => Admission::Refused(e.close_code()),
     };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = ws_config(&node);
     let task_node = node.clone();
-    node.tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(err) => {
-                tracing::debug!(cause = %err, "websocket upgrade failed");
-                return;
-            }
-        };
-        let mut socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+    accept(&node, &mut req, &key, move |mut socket| async move {
         let opened = match admission {
             Admission::Ready(options, slot) => Ok((*options, slot)),
             Admission::AwaitConnect(options, slot) => {
@@ -128,12 +96,63 @@ pub(crate) async fn upgrade(
         });
         match opened {
             Ok(conn) => run(socket, conn).await,
-            Err(code) => {
-                task_node.metrics.disconnect(code);
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), close(&mut socket, code)).await;
-            }
+            Err(code) => refuse(&task_node, &mut socket, code).await,
         }
+    })
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (GET, `Connection: upgrade`,
+/// `Upgrade: websocket`, version 13), or the 400 error to answer.
+pub(crate) fn upgrade_key(req: &Request<Body>) -> Result<HeaderValue, EdgeError> {
+    let headers = req.headers();
+    let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
+        && header_has(headers, header::UPGRADE, "websocket");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (Some(key), true, true) = (key, is_upgrade, req.method() == axum::http::Method::GET) else {
+        return Err(EdgeError::http(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request",
+        ));
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v != "13")
+    {
+        return Err(EdgeError::http(
+            StatusCode::BAD_REQUEST,
+            "unsupported WebSocket version",
+        ));
+    }
+    Ok(key)
+}
+
+/// Answers 101 and runs `session` on the upgraded socket (buffers sized by [`ws_config`]) as a
+/// task the node's drain waits for.
+pub(crate) fn accept<F, Fut>(
+    node: &Arc<Node>,
+    req: &mut Request<Body>,
+    key: &HeaderValue,
+    session: F,
+) -> Response
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    let config = ws_config(node);
+    node.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::debug!(cause = %err, "websocket upgrade failed");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        session(socket).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -142,6 +161,12 @@ pub(crate) async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .expect("101 response")
+}
+
+/// Counts a refused connection and closes its socket with `code` (waiting at most 5 s).
+pub(crate) async fn refuse(node: &Node, socket: &mut Socket, code: CloseCode) {
+    node.metrics.disconnect(code);
+    let _ = tokio::time::timeout(Duration::from_secs(5), close(socket, code)).await;
 }
 
 /// The origin rule, a connection slot, and the identity when the upgrade carries one.
@@ -652,15 +677,7 @@ impl Session {
 
     async fn on_outbound(&mut self, first: Outbound) -> Flow {
         let mut events = std::mem::take(&mut self.events);
-        let mut item = Some(first);
-        let mut n = 0;
-        while let Some(current) = item.take() {
-            self.conn.absorb(current, &mut events).await;
-            n += 1;
-            if n < BATCH {
-                item = self.conn.try_recv();
-            }
-        }
+        self.conn.absorb_batch(first, BATCH, &mut events).await;
         self.write_events(events).await
     }
 

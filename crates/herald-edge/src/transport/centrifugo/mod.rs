@@ -24,20 +24,18 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, Request, StatusCode};
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald_protocol::centrifugo::command::{self, Line, Method};
 use herald_protocol::centrifugo::{reply, Code, Disconnect};
 use herald_protocol::{CloseCode, StreamPosition};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
-use super::ws::{header_has, ws_config, Socket};
+use super::ws::{accept, upgrade_key, Socket};
 use crate::connection::{Connection, ConnectionOptions};
 use crate::error::EdgeError;
 use crate::identity::{self, IdentifyRequest, Identity, RequestContext};
@@ -79,24 +77,11 @@ pub(crate) async fn upgrade(
     Query(params): Query<Params>,
     mut req: Request<Body>,
 ) -> Response {
-    let headers = req.headers();
-    let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
-        && header_has(headers, header::UPGRADE, "websocket");
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let (Some(key), true, true) = (key, is_upgrade, req.method() == axum::http::Method::GET) else {
-        return EdgeError::http(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade request",
-        )
-        .into_response();
+    let key = match upgrade_key(&req) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
     };
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v != "13")
-    {
-        return EdgeError::http(StatusCode::BAD_REQUEST, "unsupported WebSocket version")
-            .into_response();
-    }
+    let headers = req.headers();
     let admitted = if node.origin_allowed(headers) {
         let address = node.limits.client_ip(peer.ip(), headers);
         match node.admit(Transport::Centrifugo, Some(address)) {
@@ -120,21 +105,8 @@ pub(crate) async fn upgrade(
         };
         (slot, pending)
     });
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = ws_config(&node);
     let task_node = node.clone();
-    node.tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(err) => {
-                tracing::debug!(cause = %err, "websocket upgrade failed");
-                return;
-            }
-        };
-        let mut socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+    accept(&node, &mut req, &key, move |mut socket| async move {
         let opened = match admitted {
             Ok((slot, pending)) => handshake(&task_node, &mut socket, slot, pending).await,
             Err(code) => Err(Some(code)),
@@ -142,20 +114,14 @@ pub(crate) async fn upgrade(
         match opened {
             Ok((conn, connected)) => session::run(socket, conn, connected).await,
             Err(Some(code)) => {
+                // Centrifugo's close codes, not /ws's (this module's `close`).
                 task_node.metrics.disconnect(code);
                 let _ =
                     tokio::time::timeout(Duration::from_secs(5), close(&mut socket, code)).await;
             }
             Err(None) => task_node.metrics.disconnect(CloseCode::Normal),
         }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .expect("101 response")
+    })
 }
 
 /// Waits for `connect` and identifies the connection. `Err(Some(code))`: close with it;

@@ -482,15 +482,7 @@ impl Session {
 
     async fn on_outbound(&mut self, first: Outbound) -> Flow {
         let mut events = std::mem::take(&mut self.events);
-        let mut item = Some(first);
-        let mut n = 0;
-        while let Some(current) = item.take() {
-            self.conn.absorb(current, &mut events).await;
-            n += 1;
-            if n < BATCH {
-                item = self.conn.try_recv();
-            }
-        }
+        self.conn.absorb_batch(first, BATCH, &mut events).await;
         self.write_events(events).await
     }
 
