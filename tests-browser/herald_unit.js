@@ -112,6 +112,29 @@ async function heraldUnitTests(base) {
   g._conn = null;
   g.close();
 
+  // The client's own bounds. Publishes waiting for a connection: at most maxPendingPublishes,
+  // the next is refused at once (queue_full); close() refuses the waiting ones (closed).
+  const b = new m.Herald(location.origin + base, { autoConnect: false, maxPendingPublishes: 2 });
+  const outcomes = [];
+  const settle = (p) => p.then(() => "sent", (e) => e.reason);
+  const waiting = [settle(b.publish("t:q", 1)), settle(b.publish("t:q", 2))];
+  outcomes.push(await settle(b.publish("t:q", 3)));
+  b.close();
+  outcomes.push(...(await Promise.all(waiting)));
+  eq("publish queue bound", outcomes, ["queue_full", "closed", "closed"]);
+  // Messages held while a gap is filled: at most maxBuffered; one more gives up the fill and
+  // resumes the connection (reported as a `resync` error), never an unbounded buffer.
+  const r = new m.Herald(location.origin + base, { autoConnect: false, maxBuffered: 3 });
+  const rsub = r.subscribe("t:held", {});
+  r._conn = { history: () => new Promise(() => {}), close() {} }; // a fill that never answers
+  rsub._subscribed({ epoch: "e1", offset: 1, recovered: true }, true);
+  const resynced = new Promise((resolve) => r.on("error", (e) => e.reason === "resync" && resolve(e)));
+  for (const o of [5, 6, 7, 8, 9]) rsub._message({ channel: "t:held", epoch: "e1", offset: o, data: o });
+  const resync = await resynced;
+  ok("gap buffer bound gives up the fill", resync.message.includes("too many messages"));
+  eq("and holds nothing", [rsub._buffer.length, rsub._filling], [0, false]);
+  r.close();
+
   // An SSE stream that goes silent (no `ping` for two heartbeats) is given up and replaced,
   // even though the browser never reported an error. A stand-in EventSource: it welcomes with
   // a 0.1 s heartbeat, confirms the channel, then says nothing.

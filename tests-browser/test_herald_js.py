@@ -221,7 +221,7 @@ def test_pure_parts_pass_their_unit_tests_in_the_browser(open_page):
     result = page.call("heraldUnitTests('/direct')")
     assert "ok" in result, result
     assert result["ok"]["failures"] == [], result["ok"]["failures"]
-    assert result["ok"]["checks"] >= 38, result["ok"]
+    assert result["ok"]["checks"] >= 41, result["ok"]
 
 
 @pytest.mark.parametrize("base,transport", [("/direct", "websocket"), ("/noupgrade", "sse"), ("/buffered", "poll")])
