@@ -4,8 +4,12 @@
 //!
 //! Startup is bounded: each server must answer `PING` within 20 s, and the cluster must report
 //! `cluster_state:ok` on every node and agree on the slot table within 30 s after `create`.
+//! At most [`MAX_LIVE`] clusters exist at once in a test process: a binary's tests run in
+//! parallel, and fourteen clusters (84 servers) starting together on a 2-core machine made
+//! some servers miss the 20 s bound. A further `start` waits until one is dropped.
 
 use std::process::{Command, Stdio};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::redis::RedisServer;
@@ -13,15 +17,45 @@ use crate::redis::RedisServer;
 /// Masters in the cluster (each with one replica).
 pub const MASTERS: usize = 3;
 
+/// Clusters alive at once per test process.
+pub const MAX_LIVE: usize = 2;
+
+static LIVE: Mutex<usize> = Mutex::new(0);
+static FREED: Condvar = Condvar::new();
+
+/// One of the [`MAX_LIVE`] places; given back on drop.
+struct Permit;
+
+impl Permit {
+    fn take() -> Self {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        while *live >= MAX_LIVE {
+            live = FREED.wait(live).unwrap_or_else(|e| e.into_inner());
+        }
+        *live += 1;
+        Permit
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        *LIVE.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        FREED.notify_one();
+    }
+}
+
 /// Six redis-server processes forming a cluster; stopped on drop.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    // Declared last: dropped after the servers are stopped.
+    _permit: Permit,
 }
 
 impl RedisCluster {
     /// Starts six cluster-enabled servers and creates the cluster. Panics with a clear message
     /// when `redis-server` or `redis-cli` is missing or the cluster does not become ready.
     pub fn start() -> Self {
+        let permit = Permit::take();
         let mut nodes = Vec::with_capacity(MASTERS * 2);
         for _ in 0..MASTERS * 2 {
             nodes.push(RedisServer::start_with_args(
@@ -62,7 +96,10 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = Self { nodes };
+        let cluster = Self {
+            nodes,
+            _permit: permit,
+        };
         cluster.wait_ready(Duration::from_secs(30));
         cluster
     }
