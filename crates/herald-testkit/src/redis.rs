@@ -10,6 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// One redis-server child process, killed (and its directory removed) on drop.
@@ -80,11 +81,17 @@ impl RedisServer {
     /// [`RedisServer::start_with`] plus more `redis-server` arguments, e.g.
     /// `&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]`.
     pub fn start_with_args(password: Option<&str>, tls: bool, args: &[&str]) -> Self {
+        // A counter, not a port, names the directory: a port is free again once its probe
+        // socket closes, so two servers of one process could be handed the same one, share a
+        // directory, and the second cluster node would find `nodes.conf` locked by the first
+        // and exit on every retry until its deadline.
+        static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "herald-redis-test-{}-{}",
             std::process::id(),
-            free_port()
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
+        let _ = std::fs::remove_dir_all(&dir); // a leftover of an earlier process with our pid
         std::fs::create_dir_all(&dir).expect("create redis test dir");
         let tls_port = tls.then(|| {
             make_certificate(&dir);
@@ -133,6 +140,8 @@ impl RedisServer {
                 .args(&self.extra_args)
                 .arg("--dir")
                 .arg(&self.dir)
+                .arg("--logfile")
+                .arg(self.dir.join("redis.log"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn();
@@ -157,17 +166,38 @@ impl RedisServer {
             }
             let _ = child.kill();
             let _ = child.wait();
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not come up on port {}",
-                self.port
-            );
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                panic!(
+                    "redis-server did not come up on port {} within 20 s; its log ends:\n{}",
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             if self.cluster_bus && !self.started {
                 // Its port or bus port was taken meanwhile: a new pair.
                 self.port = free_port_with_bus();
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sends `signal` (`"STOP"`, `"CONT"`, ...) to the server with the `kill` command: a
+    /// stopped server keeps its sockets but answers nothing, like a hung host.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", child.id());
+    }
+
+    /// Whether the server process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The port.

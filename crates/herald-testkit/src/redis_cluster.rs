@@ -3,7 +3,8 @@
 //! --cluster-replicas 1 --cluster-yes`, killed (and their directories removed) on drop.
 //!
 //! Startup is bounded: each server must answer `PING` within 20 s, and the cluster must report
-//! `cluster_state:ok` on every node and agree on the slot table within 30 s after `create`.
+//! `cluster_state:ok` on every node, agree on the slot table and see every replica linked to its
+//! master within 30 s after `create`.
 //! At most [`MAX_LIVE`] clusters exist at once in a test process: a binary's tests run in
 //! parallel, and fourteen clusters (84 servers) starting together on a 2-core machine made
 //! some servers miss the 20 s bound. A further `start` waits until one is dropped.
@@ -108,9 +109,17 @@ impl RedisCluster {
     fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
+            // Every node knows all slots, and sees every replica attached to its master with
+            // the replication link up (a failover test needs a replica that is in sync).
             let ready = self.nodes.iter().all(|n| {
                 let info = cli(n.port(), &["CLUSTER", "INFO"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_slots_assigned:16384")
+                let nodes = cli(n.port(), &["CLUSTER", "NODES"]);
+                let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
+                let role = cli(n.port(), &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_assigned:16384")
+                    && replicas == MASTERS
+                    && (role.contains("role:master") || role.contains("master_link_status:up"))
             });
             if ready {
                 return;
@@ -168,6 +177,146 @@ impl RedisCluster {
         }
         masters
     }
+}
+
+/// Failover: which node serves what, and the ways a node fails.
+impl RedisCluster {
+    /// The node (by index) that is master of `slot` now, as the first live node sees it.
+    pub fn master_of(&self, slot: u16) -> usize {
+        let text = self.live_cli(&["CLUSTER", "NODES"]);
+        match owner(&text, slot) {
+            Some((_, address)) => self.index_of(&address),
+            None => panic!("no master owns slot {slot}: {text}"),
+        }
+    }
+
+    /// The replica (by index) of the master `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = cli(self.nodes[master].port(), &["CLUSTER", "MYID"]);
+        let id = id.trim();
+        let text = self.live_cli(&["CLUSTER", "NODES"]);
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() >= 4 && fields[3] == id && fields[2].contains("slave") {
+                return self.index_of(fields[1]);
+            }
+        }
+        panic!("master {master} ({id}) has no replica: {text}");
+    }
+
+    /// `kill -9` of node `index`.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// The server of node `index` (to stop, resume or inspect it).
+    pub fn node(&self, index: usize) -> &RedisServer {
+        &self.nodes[index]
+    }
+
+    /// `redis-cli` against node `index`; its output (empty when it failed).
+    pub fn cli(&self, index: usize, args: &[&str]) -> String {
+        cli(self.nodes[index].port(), args)
+    }
+
+    /// Waits (at most `within`) until node `index`'s replication offset reaches its master's,
+    /// i.e. the replica holds every write the master acknowledged so far.
+    pub fn wait_replica_synced(&self, index: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let field = |text: &str, name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.parse().ok())
+        };
+        loop {
+            let info = self.cli(index, &["INFO", "replication"]);
+            let host = field(&info, "master_port").expect("a replica knows its master's port");
+            let master = self
+                .nodes
+                .iter()
+                .position(|n| u64::from(n.port()) == host)
+                .expect("its master is one of ours");
+            let wanted = field(&self.cli(master, &["INFO", "replication"]), "master_repl_offset");
+            let have = field(&info, "slave_repl_offset");
+            if wanted.is_some() && wanted == have {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {index} not in sync within {within:?}: {have:?} of {wanted:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most `within`) until every running node sees `slot` served by node `index`
+    /// as master and reports `cluster_state:ok`.
+    pub fn wait_master(&self, slot: u16, index: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let id = cli(self.nodes[index].port(), &["CLUSTER", "MYID"]);
+        loop {
+            let agreed = self.nodes.iter().enumerate().all(|(i, n)| {
+                !n.is_running()
+                    || (cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                        && self.master_as_seen_by(i, slot).as_deref() == Some(id.trim()))
+            });
+            if agreed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} not served by node {index} everywhere within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The id of the master owning `slot`, as node `viewer` sees it.
+    fn master_as_seen_by(&self, viewer: usize, slot: u16) -> Option<String> {
+        owner(&cli(self.nodes[viewer].port(), &["CLUSTER", "NODES"]), slot).map(|(id, _)| id)
+    }
+
+    /// The output of `args` from the first running node.
+    fn live_cli(&self, args: &[&str]) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node");
+        cli(node.port(), args)
+    }
+
+    /// The index of the node whose `ip:port@bus` address is `address`.
+    fn index_of(&self, address: &str) -> usize {
+        let port: u16 = address
+            .split(['@', ','])
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("bad node address {address}"));
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+}
+
+/// From `CLUSTER NODES` output, the `(id, address)` of the master owning `slot`, if any
+/// (a master flagged `fail` still counts: the caller compares ids).
+fn owner(text: &str, slot: u16) -> Option<(String, String)> {
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || !fields[2].split(',').any(|f| f == "master") {
+            return None;
+        }
+        let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+            Some((a, b)) => matches!(
+                (a.parse::<u16>(), b.parse::<u16>()),
+                (Ok(a), Ok(b)) if (a..=b).contains(&slot)
+            ),
+            None => range.parse::<u16>() == Ok(slot),
+        });
+        owns.then(|| (fields[0].to_string(), fields[1].to_string()))
+    })
 }
 
 /// Runs `redis-cli -p <port> <args>` and returns its output (empty when it failed).

@@ -52,7 +52,9 @@
 //! shard, grouped by slot per command; a message crosses only its own shard. The registry,
 //! broadcast and probe names share the fixed `{herald}` tag. Losing any shard's pub/sub
 //! connection makes the supervisor resubscribe everything and emit one `Resync`, as above.
-//! Not handled yet: an offset regression after a failover (see issue 13).
+//! A failover to a replica that missed the newest writes takes a channel's counter back; the
+//! node detects it (`fence.rs`) and starts a new epoch, so no (epoch, offset) ever names two
+//! messages.
 //!
 //! # TLS
 //!
@@ -80,6 +82,7 @@ use crate::{
 mod codec;
 mod commands;
 mod config;
+mod fence;
 mod history;
 mod inbound;
 mod keys;
@@ -158,13 +161,16 @@ impl RedisBroker {
         let cancel = broker.cancel.clone();
         broker
             .tasks
-            .spawn(pubsub.clone().run(stream, commands, cancel.clone()));
+            .spawn(pubsub.clone().run(stream, commands.clone(), cancel.clone()));
         broker
             .tasks
             .spawn(pubsub.clone().run_dispatcher(cancel.clone()));
         broker
             .tasks
             .spawn(pubsub.clone().run_subscriber(cancel.clone()));
+        broker
+            .tasks
+            .spawn(pubsub.clone().run_fencer(commands.clone(), cancel.clone()));
         broker
             .tasks
             .spawn(pubsub.clone().run_unsubscriber(cancel.clone()));
@@ -207,6 +213,13 @@ impl RedisBroker {
     /// [`RedisBrokerConfig::event_queue`]). A gauge for metrics.
     pub fn queued_events(&self) -> usize {
         self.pubsub.inbox.len()
+    }
+
+    /// New epochs this node started because a channel's offset counter went back in Redis (a
+    /// failover to a replica that missed writes, or a restore from an old snapshot); see
+    /// `fence.rs`. A counter for metrics.
+    pub fn epochs_fenced(&self) -> u64 {
+        self.pubsub.fence.fenced()
     }
 
     /// Channels this node currently receives (with at least one local reference).

@@ -2,11 +2,15 @@
 
 use herald_protocol::StreamPosition;
 
+use std::sync::Arc;
+
+use super::subscriptions::Mark;
 use super::{codec, RedisBroker};
 use crate::{new_epoch, BrokerError, Payload, PublishRequest};
 
 impl RedisBroker {
-    /// Runs `publish.lua` once: offset, stream entry, expiries and PUBLISH in one atomic step.
+    /// Runs `publish.lua` once: offset, stream entry, expiries and PUBLISH in one atomic step,
+    /// with this node's newest mark of the channel as the watermark (`fence.rs`).
     pub(super) async fn publish_message(
         &self,
         request: PublishRequest,
@@ -25,7 +29,8 @@ impl RedisBroker {
         } else {
             history.size
         };
-        let (epoch, offset): (String, u64) = self
+        let seen = self.pubsub.subs.seen(channel);
+        let (epoch, offset, ts_ms, fenced): (String, u64, u64, u8) = self
             .commands
             .run("publish", |mut con| async move {
                 self.scripts
@@ -38,10 +43,27 @@ impl RedisBroker {
                     .arg(self.meta_ttl_ms(history.ttl))
                     .arg(self.keys.topic(channel))
                     .arg(tail)
+                    .arg(seen.as_ref().map_or("", |m| &*m.epoch))
+                    .arg(seen.as_ref().map_or(0, |m| m.offset))
+                    .arg(seen.as_ref().map_or(0, |m| m.ts_ms))
                     .invoke_async(&mut con)
                     .await
             })
             .await?;
+        if fenced == 1 {
+            // Redis went back below what this node saw: see fence.rs.
+            self.pubsub.fence.count();
+            tracing::warn!(
+                channel,
+                "channel offset went back in redis (failover or restore): publish started a new epoch"
+            );
+        }
+        let mark = Mark {
+            epoch: Arc::from(epoch.as_str()),
+            offset,
+            ts_ms,
+        };
+        self.pubsub.subs.note_acked(channel, &mark);
         Ok(StreamPosition { epoch, offset })
     }
 

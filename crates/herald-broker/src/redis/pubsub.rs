@@ -36,11 +36,12 @@ use tracing::{debug, info, warn};
 
 use super::codec;
 use super::commands::{map_err, Commands};
+use super::fence::Fence;
 use super::inbound::{Inbound, Inbox};
 use super::keys::Keys;
 use super::sharded::{Client, Delivery, Incoming, Sink};
 use super::subscriber::Waiting;
-use super::subscriptions::{Acquired, Subscriptions};
+use super::subscriptions::{Acquired, Live, Mark, Subscriptions};
 use super::RedisBrokerConfig;
 use crate::{BrokerError, BrokerEvent, BrokerEvents};
 
@@ -68,6 +69,8 @@ pub(crate) struct PubSub {
     pub(crate) waiting: Waiting,
     /// Between the reader and the event sink: bounded, see `inbound.rs`.
     pub(crate) inbox: Inbox,
+    /// Offset regressions (`fence.rs`).
+    pub(crate) fence: Fence,
     healthy: AtomicBool,
     reconnects: AtomicU64,
     started: Instant,
@@ -98,6 +101,7 @@ impl PubSub {
             wire: tokio::sync::Mutex::new(()),
             waiting: Waiting::default(),
             inbox: Inbox::new(event_queue),
+            fence: Fence::new(),
             healthy: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             started: Instant::now(),
@@ -284,14 +288,19 @@ impl PubSub {
                 _ = tokio::time::sleep(jitter(delay)) => {}
             }
             let err = match self.establish().await {
-                Ok(mut stream) => {
-                    // Through the queue: after whatever was read before the connection broke.
-                    self.inbox.push(Inbound::Resync);
-                    match self.verify(&mut stream, commands, cancel).await {
-                        Ok(()) => return Some(stream),
-                        Err(err) => err,
+                // A failover or restore may have taken the counters back: new epochs before
+                // anyone rereads history (fence.rs).
+                Ok(mut stream) => match self.fence.check_all(commands, &self.keys, &self.subs).await {
+                    Ok(_) => {
+                        // Through the queue: after whatever was read before the connection broke.
+                        self.inbox.push(Inbound::Resync);
+                        match self.verify(&mut stream, commands, cancel).await {
+                            Ok(()) => return Some(stream),
+                            Err(err) => err,
+                        }
                     }
-                }
+                    Err(err) => err,
+                },
                 Err(err) => err,
             };
             *self.sink.lock().expect("sink lock") = None;
@@ -397,6 +406,27 @@ impl PubSub {
                 return;
             };
             match codec::decode_channel_message(&channel, bytes) {
+                Ok(BrokerEvent::Publication(publication)) => {
+                    let mark = Mark {
+                        epoch: publication.epoch.clone(),
+                        offset: publication.offset,
+                        ts_ms: publication.ts_ms,
+                    };
+                    match self.subs.note_live(&channel, mark).1 {
+                        Live::Next => self.emit(BrokerEvent::Publication(publication)),
+                        Live::Gone => {}
+                        Live::Regressed(newest) => {
+                            warn!(
+                                channel = %channel,
+                                epoch = %publication.epoch,
+                                offset = publication.offset,
+                                seen = newest.offset,
+                                "live offset went back: not delivered, fencing the channel"
+                            );
+                            self.fence.suspect(channel, newest);
+                        }
+                    }
+                }
                 Ok(event) => self.emit(event),
                 Err(err) => warn!(channel = %channel, cause = %err, "undecodable message dropped"),
             }
@@ -407,6 +437,41 @@ impl PubSub {
             }
         } else {
             debug!(topic, "message on an unexpected topic");
+        }
+    }
+}
+
+impl PubSub {
+    /// The fencer task: for each channel whose live offsets went back, a new epoch (unless
+    /// another node started one already), then one [`BrokerEvent::Resync`] so readers find
+    /// out; a check Redis did not answer is retried after `reconnect_max`. See `fence.rs`.
+    pub(crate) async fn run_fencer(self: Arc<Self>, commands: Arc<Commands>, cancel: CancellationToken) {
+        loop {
+            let suspects = tokio::select! {
+                _ = cancel.cancelled() => return,
+                suspects = self.fence.take_suspects() => suspects,
+            };
+            let mut failed = Vec::new();
+            for (channel, mark) in suspects {
+                match self.fence.check(&commands, &self.keys, &channel, &mark, true).await {
+                    Ok(_) => self.subs.forget_marks(&channel, &mark.epoch),
+                    Err(err) => {
+                        warn!(channel = %channel, cause = %err, "fencing a channel failed, retrying");
+                        failed.push((channel, mark));
+                    }
+                }
+            }
+            // After the fences: readers then find the new epochs.
+            self.inbox.push(Inbound::Resync);
+            if !failed.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(self.config.reconnect_max) => {}
+                }
+                for (channel, mark) in failed {
+                    self.fence.suspect(channel, mark);
+                }
+            }
         }
     }
 }

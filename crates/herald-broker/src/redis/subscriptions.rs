@@ -13,13 +13,43 @@
 //! [`Subscriptions::has_idle`] first, which is a counter read, not a scan. The pub/sub reader
 //! delivers only channels whose count is above zero ([`Subscriptions::live`]), so nothing
 //! reaches the edge after its last unsubscribe.
+//!
+//! Each entry also keeps the newest position this node has seen on the channel ([`Mark`]s,
+//! for `fence.rs`): the last one delivered live, and the newest of those and this node's own
+//! acknowledged publishes. They live exactly as long as the entry, so they cost nothing for
+//! channels the node does not receive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A position this node has seen, with the message's time: two different messages at one
+/// offset differ in time (Redis's clock, in ms, and a failover takes far longer than 1 ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+    pub(crate) ts_ms: u64,
+}
+
+/// What [`Subscriptions::note_live`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// Delivered: after everything seen live before (or a new epoch).
+    Next,
+    /// Not in the table, or no longer referenced: not for the edge.
+    Gone,
+    /// At or below the last live offset of the same epoch: Redis's topic delivers once and in
+    /// order, so the channel's counter went back. Carries the newest mark seen.
+    Regressed(Mark),
+}
+
 struct Entry {
     refs: u32,
+    /// The last publication delivered live (pub/sub order).
+    live: Option<Mark>,
+    /// The newest of `live` and this node's acknowledged publishes.
+    seen: Option<Mark>,
     /// When `refs` fell to zero.
     idle_since: Option<Instant>,
     /// Redis confirmed a `SUBSCRIBE` of the channel on the current connection.
@@ -79,6 +109,8 @@ impl Subscriptions {
                     Arc::from(channel),
                     Entry {
                         refs: 1,
+                        live: None,
+                        seen: None,
                         idle_since: None,
                         wired: false,
                     },
@@ -153,6 +185,59 @@ impl Subscriptions {
         (entry.refs > 0).then(|| name.clone())
     }
 
+    /// Records a live publication at `mark` on `channel` and says whether it goes to the edge.
+    pub(crate) fn note_live(&self, channel: &str, mark: Mark) -> (Option<Arc<str>>, Live) {
+        let mut table = self.lock();
+        let Some(name) = table.channels.get_key_value(channel).map(|(n, _)| n.clone()) else {
+            return (None, Live::Gone);
+        };
+        let entry = table.channels.get_mut(channel).expect("just found");
+        if let Some(last) = &entry.live {
+            if last.epoch == mark.epoch && mark.offset <= last.offset {
+                let newest = entry.seen.clone().unwrap_or_else(|| last.clone());
+                return (Some(name), Live::Regressed(newest));
+            }
+        }
+        raise(&mut entry.seen, &mark);
+        entry.live = Some(mark);
+        if entry.refs == 0 {
+            return (None, Live::Gone);
+        }
+        (Some(name), Live::Next)
+    }
+
+    /// Records this node's acknowledged publish at `mark` (channels in the table only).
+    pub(crate) fn note_acked(&self, channel: &str, mark: &Mark) {
+        if let Some(entry) = self.lock().channels.get_mut(channel) {
+            raise(&mut entry.seen, mark);
+        }
+    }
+
+    /// The newest position seen on `channel`, if it is in the table.
+    pub(crate) fn seen(&self, channel: &str) -> Option<Mark> {
+        self.lock().channels.get(channel)?.seen.clone()
+    }
+
+    /// Every channel with a mark, and its newest mark.
+    pub(crate) fn marks(&self) -> Vec<(Arc<str>, Mark)> {
+        self.lock()
+            .channels
+            .iter()
+            .filter_map(|(name, entry)| Some((name.clone(), entry.seen.clone()?)))
+            .collect()
+    }
+
+    /// Forgets `channel`'s marks: it started a new epoch, and the old positions name nothing.
+    pub(crate) fn forget_marks(&self, channel: &str, epoch: &str) {
+        if let Some(entry) = self.lock().channels.get_mut(channel) {
+            for mark in [&mut entry.live, &mut entry.seen] {
+                if mark.as_ref().is_some_and(|m| &*m.epoch == epoch) {
+                    *mark = None;
+                }
+            }
+        }
+    }
+
     /// Every channel that is, or should be, subscribed on the wire.
     pub(crate) fn all(&self) -> Vec<Arc<str>> {
         self.lock().channels.keys().cloned().collect()
@@ -190,9 +275,57 @@ impl Subscriptions {
     }
 }
 
+/// `seen` becomes `mark` when that is newer: a later offset of the same epoch, or another
+/// epoch (a new generation replaces the old one).
+fn raise(seen: &mut Option<Mark>, mark: &Mark) {
+    let newer = match seen {
+        Some(old) => old.epoch != mark.epoch || mark.offset > old.offset,
+        None => true,
+    };
+    if newer {
+        *seen = Some(mark.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mark(epoch: &str, offset: u64) -> Mark {
+        Mark {
+            epoch: Arc::from(epoch),
+            offset,
+            ts_ms: offset * 10,
+        }
+    }
+
+    #[test]
+    fn live_offsets_that_go_back_are_a_regression() {
+        let s = Subscriptions::default();
+        assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Gone, "not in the table");
+        s.acquire("a");
+        assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Next);
+        assert_eq!(s.note_live("a", mark("e", 2)).1, Live::Next);
+        // An acknowledged publish may run ahead of its own live delivery: not a regression.
+        s.note_acked("a", &mark("e", 4));
+        assert_eq!(s.note_live("a", mark("e", 3)).1, Live::Next);
+        assert_eq!(s.seen("a"), Some(mark("e", 4)));
+        // The same epoch again at 3: Redis went back. The newest seen is reported.
+        assert_eq!(s.note_live("a", mark("e", 3)).1, Live::Regressed(mark("e", 4)));
+        assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Regressed(mark("e", 4)));
+        // A new epoch is a new generation, not a regression.
+        assert_eq!(s.note_live("a", mark("f", 1)).1, Live::Next);
+        assert_eq!(s.seen("a"), Some(mark("f", 1)));
+        assert_eq!(s.marks().len(), 1);
+        s.forget_marks("a", "f");
+        assert!(s.seen("a").is_none());
+        // Marks are the entry's: gone with it.
+        s.note_acked("b", &mark("e", 1));
+        assert!(s.seen("b").is_none(), "only channels in the table");
+        s.release("a");
+        s.take_idle(Duration::ZERO);
+        assert!(s.marks().is_empty());
+    }
 
     #[test]
     fn counts_delay_and_batch() {
