@@ -69,6 +69,9 @@ impl RedisCluster {
                     "2000",
                     "--cluster-config-file",
                     "nodes.conf",
+                    // As deploy/README.md recommends: a failed shard does not stop the others.
+                    "--cluster-require-full-coverage",
+                    "no",
                 ],
             ));
         }
@@ -147,7 +150,7 @@ impl RedisCluster {
 
     /// The hash slot of `key`, as the cluster computes it (`CLUSTER KEYSLOT`).
     pub fn keyslot(&self, key: &str) -> u16 {
-        let answer = cli(self.nodes[0].port(), &["CLUSTER", "KEYSLOT", key]);
+        let answer = self.live_cli(&["CLUSTER", "KEYSLOT", key]);
         answer
             .trim()
             .parse()
@@ -235,7 +238,10 @@ impl RedisCluster {
                 .iter()
                 .position(|n| u64::from(n.port()) == host)
                 .expect("its master is one of ours");
-            let wanted = field(&self.cli(master, &["INFO", "replication"]), "master_repl_offset");
+            let wanted = field(
+                &self.cli(master, &["INFO", "replication"]),
+                "master_repl_offset",
+            );
             let have = field(&info, "slave_repl_offset");
             if wanted.is_some() && wanted == have {
                 return;

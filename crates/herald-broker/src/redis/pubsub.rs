@@ -290,17 +290,19 @@ impl PubSub {
             let err = match self.establish().await {
                 // A failover or restore may have taken the counters back: new epochs before
                 // anyone rereads history (fence.rs).
-                Ok(mut stream) => match self.fence.check_all(commands, &self.keys, &self.subs).await {
-                    Ok(_) => {
-                        // Through the queue: after whatever was read before the connection broke.
-                        self.inbox.push(Inbound::Resync);
-                        match self.verify(&mut stream, commands, cancel).await {
-                            Ok(()) => return Some(stream),
-                            Err(err) => err,
+                Ok(mut stream) => {
+                    match self.fence.check_all(commands, &self.keys, &self.subs).await {
+                        Ok(_) => {
+                            // Through the queue: after whatever was read before the connection broke.
+                            self.inbox.push(Inbound::Resync);
+                            match self.verify(&mut stream, commands, cancel).await {
+                                Ok(()) => return Some(stream),
+                                Err(err) => err,
+                            }
                         }
+                        Err(err) => err,
                     }
-                    Err(err) => err,
-                },
+                }
                 Err(err) => err,
             };
             *self.sink.lock().expect("sink lock") = None;
@@ -326,24 +328,104 @@ impl PubSub {
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The probe in flight: its nonce and the instant it must be back by.
         let mut pending: Option<(u64, tokio::time::Instant)> = None;
+        // A cluster shard's resubscription in progress, and whether another shard dropped
+        // meanwhile (then it runs again once done).
+        let mut healing: Option<Healing<'_>> = None;
+        let mut again = false;
         loop {
             let deadline = pending.map(|(_, at)| at);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
                 message = stream.next() => match message {
+                    Some(Delivery::Unsubscribed(topic)) if !self.holds(&topic) => {}
+                    Some(lost @ (Delivery::ShardLost | Delivery::Unsubscribed(_))) => {
+                        match lost {
+                            Delivery::Unsubscribed(topic) => warn!(topic, "redis cluster dropped a shard channel (slot moved): resubscribing"),
+                            _ => warn!("a redis cluster shard's pub/sub connection dropped: resubscribing"),
+                        }
+                        self.healthy.store(false, Ordering::Release);
+                        // The probe may have gone through that shard; none while healing.
+                        pending = None;
+                        if healing.is_some() {
+                            again = true;
+                        } else {
+                            healing = Some(Box::pin(self.heal(commands)));
+                        }
+                    }
                     Some(message) => self.route(message, &mut pending),
                     None => return Ended::Lost("connection closed"),
                 },
+                healed = poll_healing(&mut healing) => {
+                    // From here on the new connection delivers. The two overlapped for a
+                    // moment: a publication may come twice (the edge drops the second), so
+                    // the live marks restart rather than call that a regression.
+                    *stream = healed;
+                    self.subs.forget_live_marks();
+                    self.inbox.push(Inbound::Resync);
+                    if std::mem::take(&mut again) {
+                        healing = Some(Box::pin(self.heal(commands)));
+                    } else {
+                        healing = None;
+                        let count = self.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.healthy.store(true, Ordering::Release);
+                        self.reconnected.notify_one();
+                        info!(reconnects = count, "redis cluster shard resubscribed");
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     warn!(timeout_ms = self.config.probe_timeout.as_millis() as u64, "pub/sub probe not answered");
                     return Ended::Lost("liveness probe timed out");
                 }
-                _ = probe_tick.tick(), if pending.is_none() => {
+                _ = probe_tick.tick(), if pending.is_none() && healing.is_none() => {
                     pending = Some(self.send_probe(commands));
                 }
             }
         }
+    }
+
+    /// Whether `topic` is one this node keeps subscribed (its own probe, the broadcast, or a
+    /// channel in the table).
+    fn holds(&self, topic: &str) -> bool {
+        topic == self.keys.probe()
+            || topic == self.keys.broadcast()
+            || self
+                .keys
+                .channel_of(topic)
+                .is_some_and(|channel| self.subs.contains(channel))
+    }
+
+    /// After a cluster shard dropped: opens a fresh cluster pub/sub connection (fresh
+    /// topology) and subscribes everything on it, with capped, jittered backoff until every
+    /// shard confirmed — the lost one's only once its replica is promoted — then checks for
+    /// offset regressions. New subscribes go to the new connection from then on; the caller
+    /// swaps streams. Meanwhile the old connection keeps delivering the other shards.
+    /// (Resubscribing on the same connection was tried: a subscription confirmed during the
+    /// promotion could vanish with the slot's reassignment, without a push saying so.)
+    async fn heal(&self, commands: &Arc<Commands>) -> Incoming {
+        let mut delay = self.config.reconnect_min;
+        for attempt in 1u32.. {
+            tokio::time::sleep(jitter(delay)).await;
+            let healed = match self.establish().await {
+                Ok(stream) => self
+                    .fence
+                    .check_all(commands, &self.keys, &self.subs)
+                    .await
+                    .map(|_| stream),
+                Err(err) => Err(err),
+            };
+            match healed {
+                Ok(stream) => return stream,
+                Err(err) => {
+                    debug!(attempt, cause = %err, "redis cluster resubscribe failed");
+                    if attempt % 10 == 0 {
+                        warn!(attempt, cause = %err, "a redis cluster shard is still unreachable");
+                    }
+                }
+            }
+            delay = (delay * 2).min(self.config.reconnect_max);
+        }
+        unreachable!("the loop only returns")
     }
 
     /// The reader's part, which never waits: notes activity, answers this instance's probe,
@@ -358,6 +440,7 @@ impl PubSub {
             Delivery::Message(message) => message,
             // Through the queue, after the messages read before it.
             Delivery::Resync => return self.inbox.push(Inbound::Resync),
+            Delivery::ShardLost | Delivery::Unsubscribed(_) => return, // handled by `serve`
         };
         if message.get_channel_name() == self.keys.probe() {
             let bytes = message.get_payload_bytes();
@@ -445,7 +528,11 @@ impl PubSub {
     /// The fencer task: for each channel whose live offsets went back, a new epoch (unless
     /// another node started one already), then one [`BrokerEvent::Resync`] so readers find
     /// out; a check Redis did not answer is retried after `reconnect_max`. See `fence.rs`.
-    pub(crate) async fn run_fencer(self: Arc<Self>, commands: Arc<Commands>, cancel: CancellationToken) {
+    pub(crate) async fn run_fencer(
+        self: Arc<Self>,
+        commands: Arc<Commands>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let suspects = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -453,7 +540,11 @@ impl PubSub {
             };
             let mut failed = Vec::new();
             for (channel, mark) in suspects {
-                match self.fence.check(&commands, &self.keys, &channel, &mark, true).await {
+                match self
+                    .fence
+                    .check(&commands, &self.keys, &channel, &mark, true)
+                    .await
+                {
                     Ok(_) => self.subs.forget_marks(&channel, &mark.epoch),
                     Err(err) => {
                         warn!(channel = %channel, cause = %err, "fencing a channel failed, retrying");
@@ -473,6 +564,17 @@ impl PubSub {
                 }
             }
         }
+    }
+}
+
+/// A fresh cluster pub/sub connection being set up (see [`PubSub::heal`]).
+type Healing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Incoming> + Send + 'a>>;
+
+/// Runs the healing future if there is one; pending forever otherwise.
+async fn poll_healing(healing: &mut Option<Healing<'_>>) -> Incoming {
+    match healing {
+        Some(future) => future.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,13 +14,17 @@
 //!   `try_send`s into a bounded queue of `event_queue` entries: a full queue drops the push
 //!   and a [`Delivery::Resync`] follows once the queue is read empty, exactly as with the
 //!   broker's own intake queue. redis-rs would resubscribe a shard's channels by itself after
-//!   it reconnected, but nothing would tell when that is done for every shard (so when a
-//!   `Resync` is safe). So a `Disconnection` push of any shard ends [`Incoming`] like a closed
-//!   single-Redis stream: the supervisor (`pubsub.rs`) drops the whole connection, opens a
-//!   fresh one, `SSUBSCRIBE`s everything (awaiting every shard's confirmation), emits one
-//!   `Resync` and checks a probe round trip, exactly as for one Redis. A lost shard costs a
-//!   resubscription of all of them; that is the price of an exact `Resync`.
-//!
+//!   it reconnected, but nothing would tell when that is done (so when a `Resync` is safe), and
+//!   the push does not say which shard it was. So a `Disconnection` push becomes
+//!   [`Delivery::ShardLost`]: the supervisor (`pubsub.rs`) keeps reading the connection (the
+//!   other shards keep delivering, and publishing to them keeps working), marks the node not
+//!   ready, and opens a fresh cluster connection (fresh topology) on which it `SSUBSCRIBE`s
+//!   everything until every shard confirmed — the lost shard's only once the cluster promoted
+//!   its replica — then checks for offset regressions (`fence.rs`), swaps the connections,
+//!   emits one `Resync` and is ready again. A slot that changes owner (resharding) makes
+//!   Redis drop its shard channels with a `sunsubscribe` push ([`Delivery::Unsubscribed`]);
+//!   for a topic the node still holds that is handled like a lost shard.
+
 //! `SSUBSCRIBE` takes channels of one slot only, so [`Sink::subscribe`] groups a batch by
 //! [`slot`] and sends the groups concurrently.
 
@@ -220,13 +224,20 @@ pub(crate) enum Delivery {
     Message(Msg),
     /// Messages may have been missed (a push was dropped, or a shard reconnected).
     Resync,
+    /// A cluster node's connection dropped (which one is not known): its shard's
+    /// subscriptions must be made again.
+    ShardLost,
+    /// The cluster took a topic away (`sunsubscribe` push): the confirmation of our own
+    /// `SUNSUBSCRIBE`, or Redis dropping a slot's shard channels because the slot changed
+    /// owner (failover, resharding). The supervisor tells them apart by its table.
+    Unsubscribed(String),
 }
 
 /// The reading half of a pub/sub connection.
 pub(crate) enum Incoming {
     /// One Redis: the stream ends when the socket dies.
     Single(PubSubStream),
-    /// A cluster: pushes from every shard; ends when any shard's connection drops.
+    /// A cluster: pushes from every shard, and [`Delivery::ShardLost`] when one drops.
     Cluster(Pushes),
 }
 
@@ -268,8 +279,13 @@ impl Pushes {
                         return Some(Delivery::Message(message));
                     }
                 }
-                // A shard's connection dropped: the connection as a whole is lost.
-                PushKind::Disconnection => return None,
+                PushKind::Disconnection => return Some(Delivery::ShardLost),
+                PushKind::SUnsubscribe => {
+                    if let Some(redis::Value::BulkString(topic)) = info.data.first() {
+                        let topic = String::from_utf8_lossy(topic).into_owned();
+                        return Some(Delivery::Unsubscribed(topic));
+                    }
+                }
                 _ => {}
             }
         }

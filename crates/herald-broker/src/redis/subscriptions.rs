@@ -120,6 +120,11 @@ impl Subscriptions {
         }
     }
 
+    /// Whether `channel` is in the table (referenced, or idle and still subscribed).
+    pub(crate) fn contains(&self, channel: &str) -> bool {
+        self.lock().channels.contains_key(channel)
+    }
+
     /// Whether `channel` is in the table without a confirmed SUBSCRIBE.
     pub(crate) fn needs_wire(&self, channel: &str) -> bool {
         self.lock()
@@ -188,7 +193,11 @@ impl Subscriptions {
     /// Records a live publication at `mark` on `channel` and says whether it goes to the edge.
     pub(crate) fn note_live(&self, channel: &str, mark: Mark) -> (Option<Arc<str>>, Live) {
         let mut table = self.lock();
-        let Some(name) = table.channels.get_key_value(channel).map(|(n, _)| n.clone()) else {
+        let Some(name) = table
+            .channels
+            .get_key_value(channel)
+            .map(|(n, _)| n.clone())
+        else {
             return (None, Live::Gone);
         };
         let entry = table.channels.get_mut(channel).expect("just found");
@@ -235,6 +244,14 @@ impl Subscriptions {
                     *mark = None;
                 }
             }
+        }
+    }
+
+    /// Forgets every channel's last live position (kept: the newest seen), after pub/sub
+    /// moved to a new connection that overlapped the old one.
+    pub(crate) fn forget_live_marks(&self) {
+        for entry in self.lock().channels.values_mut() {
+            entry.live = None;
         }
     }
 
@@ -302,7 +319,11 @@ mod tests {
     #[test]
     fn live_offsets_that_go_back_are_a_regression() {
         let s = Subscriptions::default();
-        assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Gone, "not in the table");
+        assert_eq!(
+            s.note_live("a", mark("e", 1)).1,
+            Live::Gone,
+            "not in the table"
+        );
         s.acquire("a");
         assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Next);
         assert_eq!(s.note_live("a", mark("e", 2)).1, Live::Next);
@@ -311,8 +332,14 @@ mod tests {
         assert_eq!(s.note_live("a", mark("e", 3)).1, Live::Next);
         assert_eq!(s.seen("a"), Some(mark("e", 4)));
         // The same epoch again at 3: Redis went back. The newest seen is reported.
-        assert_eq!(s.note_live("a", mark("e", 3)).1, Live::Regressed(mark("e", 4)));
-        assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Regressed(mark("e", 4)));
+        assert_eq!(
+            s.note_live("a", mark("e", 3)).1,
+            Live::Regressed(mark("e", 4))
+        );
+        assert_eq!(
+            s.note_live("a", mark("e", 1)).1,
+            Live::Regressed(mark("e", 4))
+        );
         // A new epoch is a new generation, not a regression.
         assert_eq!(s.note_live("a", mark("f", 1)).1, Live::Next);
         assert_eq!(s.seen("a"), Some(mark("f", 1)));
