@@ -88,6 +88,11 @@ fn export_health(broker: &Arc<RedisBroker>, metrics: &Arc<Metrics>) {
             "Pub/sub messages waiting in the bounded intake queue.",
         )
         .expect("metric"),
+        fenced: IntCounter::new(
+            "herald_redis_epochs_fenced_total",
+            "New epochs this node started because a channel's offset went back in Redis (failover to a replica that missed writes, or a restore).",
+        )
+        .expect("metric"),
     };
     if let Err(err) = metrics.registry().register(Box::new(health)) {
         tracing::warn!(cause = %err, "cannot register the Redis health metrics");
@@ -107,6 +112,8 @@ struct RedisHealth {
     /// A counter: raised by the broker's dropped-event count's growth since the last scrape.
     dropped: IntCounter,
     queued: IntGauge,
+    /// A counter: raised by the broker's fenced-epoch count's growth since the last scrape.
+    fenced: IntCounter,
 }
 
 impl Collector for RedisHealth {
@@ -117,6 +124,7 @@ impl Collector for RedisHealth {
         d.extend(self.subscribed.desc());
         d.extend(self.dropped.desc());
         d.extend(self.queued.desc());
+        d.extend(self.fenced.desc());
         d
     }
 
@@ -132,6 +140,8 @@ impl Collector for RedisHealth {
             self.dropped
                 .inc_by(dropped.saturating_sub(self.dropped.get()));
             self.queued.set(b.queued_events() as i64);
+            let fenced = b.epochs_fenced();
+            self.fenced.inc_by(fenced.saturating_sub(self.fenced.get()));
         }
         let mut m = self.reconnects.collect();
         m.extend(self.idle.collect());
@@ -139,6 +149,7 @@ impl Collector for RedisHealth {
         m.extend(self.subscribed.collect());
         m.extend(self.dropped.collect());
         m.extend(self.queued.collect());
+        m.extend(self.fenced.collect());
         m
     }
 }

@@ -409,6 +409,8 @@ async fn exposition_passes_promtool_and_has_every_series() {
     assert_eq!(value(&s, "herald_redis_pubsub_dropped_total", &[]), 0.0);
     assert!(text.contains("# TYPE herald_redis_pubsub_dropped_total counter"));
     assert_eq!(value(&s, "herald_redis_pubsub_queued_events", &[]), 0.0);
+    // No offset regression without a failover (the failover tests raise it).
+    assert_eq!(value(&s, "herald_redis_epochs_fenced_total", &[]), 0.0);
     // The process collector (Linux): memory, CPU, file descriptors.
     let rss = value(&s, "process_resident_memory_bytes", &[]);
     assert!(rss > 1e6 && rss < 1e10, "{rss}");
