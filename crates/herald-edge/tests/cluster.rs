@@ -183,46 +183,69 @@ async fn presence_join_leave_broadcast_and_skip_self_across_nodes() {
 struct EdgeProcess {
     child: Child,
     addr: String,
+    redis_url: String,
+    id: String,
 }
 
 impl EdgeProcess {
     fn spawn(redis: &RedisServer, id: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mport = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
-            .args(["--node-id", id, "--redis-url", &redis.url()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn herald");
+        let (child, addr) = Self::start(&redis.url(), id);
         EdgeProcess {
             child,
-            addr: format!("127.0.0.1:{port}"),
+            addr,
+            redis_url: redis.url(),
+            id: id.to_string(),
         }
     }
 
-    async fn ready(&self) {
-        let url = format!("http://{}/readyz", self.addr);
+    /// Starts the binary on two free ports. A port found free can be taken by another test
+    /// before the process binds it; `ready` starts it again then.
+    fn start(redis_url: &str, id: &str) -> (Child, String) {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, mport) = (free(), free());
+        let log = std::fs::File::create(Self::log_path(id)).expect("edge log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+            .args(["--node-id", id, "--redis-url", redis_url])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald");
+        (child, format!("127.0.0.1:{port}"))
+    }
+
+    fn log_path(id: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "herald-cluster-test-{}-{id}.log",
+            std::process::id()
+        ))
+    }
+
+    async fn ready(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
+            let url = format!("http://{}/readyz", self.addr);
             if let Ok(r) = reqwest::get(&url).await {
                 if r.status() == 200 {
                     return;
                 }
             }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Exited (its port was taken meanwhile): again on new ports.
+                eprintln!("edge process exited ({status}) before ready; starting it again");
+                (self.child, self.addr) = Self::start(&self.redis_url, &self.id);
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "edge process not ready"
+                "edge process not ready; its log:\n{}",
+                std::fs::read_to_string(Self::log_path(&self.id)).unwrap_or_default()
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -233,6 +256,7 @@ impl Drop for EdgeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(Self::log_path(&self.id));
     }
 }
 

@@ -24,7 +24,7 @@
 //!   emits one `Resync` and is ready again. A slot that changes owner (resharding) makes
 //!   Redis drop its shard channels with a `sunsubscribe` push ([`Delivery::Unsubscribed`]);
 //!   for a topic the node still holds that is handled like a lost shard.
-
+//!
 //! `SSUBSCRIBE` takes channels of one slot only, so [`Sink::subscribe`] groups a batch by
 //! [`slot`] and sends the groups concurrently.
 
