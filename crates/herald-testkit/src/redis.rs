@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// One redis-server child process, killed (and its directory removed) on drop.
@@ -32,6 +32,8 @@ pub struct RedisServer {
     cluster_bus: bool,
     /// Whether the server ever came up (after that its port is kept, for `restart`).
     started: bool,
+    /// Stopped with `signal("STOP")` and not yet continued: it answers nothing.
+    stopped: AtomicBool,
 }
 
 /// A free port `p` whose cluster bus port `p + 10000` is free too.
@@ -106,6 +108,7 @@ impl RedisServer {
             extra_args: args.iter().map(|a| a.to_string()).collect(),
             cluster_bus: args.contains(&"--cluster-enabled"),
             started: false,
+            stopped: AtomicBool::new(false),
         };
         if server.cluster_bus {
             server.port = free_port_with_bus();
@@ -193,11 +196,16 @@ impl RedisServer {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} {}", child.id());
+        match signal {
+            "STOP" => self.stopped.store(true, Ordering::Relaxed),
+            "CONT" => self.stopped.store(false, Ordering::Relaxed),
+            _ => {}
+        }
     }
 
-    /// Whether the server process is running (not killed).
+    /// Whether the server process is running and answering (not killed, not stopped).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.stopped.load(Ordering::Relaxed)
     }
 
     /// The port.

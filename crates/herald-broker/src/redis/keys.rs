@@ -130,6 +130,24 @@ impl Keys {
         &self.probe
     }
 
+    /// This instance's probe topic on the shard owning the slot of `tag` (cluster mode).
+    pub(crate) fn shard_probe(&self, tag: &str) -> String {
+        self.probe.replacen(CLUSTER_TAG, &format!("{{{tag}}}"), 1)
+    }
+
+    /// Whether `topic` is one of this instance's probe topics (any shard's).
+    pub(crate) fn is_probe(&self, topic: &str) -> bool {
+        if !self.cluster {
+            return topic == self.probe;
+        }
+        // `<prefix>:probe:{<tag>}:<node>:<instance>`: the same as ours but for the tag.
+        let (front, back) = self.probe.split_once(CLUSTER_TAG).expect("tagged probe");
+        topic.len() > front.len() + back.len()
+            && topic.starts_with(front)
+            && topic.ends_with(back)
+            && topic[front.len()..topic.len() - back.len()].starts_with('{')
+    }
+
     /// A node's registry entry.
     pub(crate) fn node(&self, node_id: &str) -> String {
         if self.cluster {
@@ -175,5 +193,14 @@ mod tests {
         use super::super::sharded::slot;
         assert_eq!(slot(k.topic("a").as_bytes()), slot(k.meta("a").as_bytes()));
         assert_eq!(slot(k.nodes().as_bytes()), slot(k.broadcast().as_bytes()));
+        // Per-shard probes: ours whatever the tag, nobody else's.
+        let probe = k.shard_probe("hp7");
+        assert_eq!(probe, "herald:probe:{hp7}:n1:x");
+        assert_eq!(slot(probe.as_bytes()), slot(b"hp7"));
+        assert!(k.is_probe(&probe) && k.is_probe(k.probe()));
+        assert!(!k.is_probe("herald:probe:{hp7}:n2:x"));
+        assert!(!k.is_probe("herald:probe:{hp7}:n1:y"));
+        assert!(!k.is_probe("herald:probe::n1:x"));
+        assert!(!Keys::new("herald", "n1", "x").is_probe(&probe));
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! A probe is a nonce PUBLISHed over the command connection to this broker instance's own
 //! probe topic, which its pub/sub connection is subscribed to. It proves the whole path a
-//! publication takes: command connection → Redis → pub/sub connection. The supervisor sends
+//! publication takes: command connection → Redis → pub/sub connection. On a Redis Cluster
+//! there is one probe topic per master (`PubSub::probe_topics`), so a shard that hangs with
+//! its sockets open fails the probe too; there the supervisor does not drop the connection but
+//! heals it (a fresh one, see `sharded.rs`), so the other shards keep delivering. The supervisor sends
 //! one every `probe_interval` while none is pending and gives up on the connection when one is
 //! not back within `probe_timeout`; after a reconnect, [`PubSub::verify`] waits for one round
 //! trip before the broker calls itself healthy again.
@@ -16,7 +19,7 @@ use tracing::debug;
 
 use super::codec;
 use super::commands::Commands;
-use super::pubsub::{unavailable, PubSub};
+use super::pubsub::{unavailable, Probe, PubSub};
 use crate::BrokerError;
 
 /// Pause between probe publishes while verifying a fresh connection.
@@ -54,7 +57,11 @@ impl PubSub {
                 }
             }
         };
-        let mut pending = Some((nonce, deadline));
+        let mut pending = Some(Probe {
+            nonce,
+            deadline,
+            remaining: self.probe_count(),
+        });
         while pending.is_some() {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(unavailable("shutting down")),
@@ -70,35 +77,42 @@ impl PubSub {
         Ok(())
     }
 
-    /// Publishes a probe over the command connection (in its own task: the reader never waits
-    /// on a command). Returns its nonce and deadline.
-    pub(crate) fn send_probe(&self, commands: &Arc<Commands>) -> (u64, tokio::time::Instant) {
+    /// Publishes a probe on every probe topic over the command connection (in its own task:
+    /// the reader never waits on a command).
+    pub(crate) fn send_probe(&self, commands: &Arc<Commands>) -> Probe {
         let nonce: u64 = rand::random();
-        let this = (
-            self.keys.probe().to_string(),
-            self.keys.publish_command(),
-            commands.clone(),
-        );
+        let topics = self.probe_topics.lock().expect("probe topics lock").clone();
+        let remaining = topics.len();
+        let publish = self.keys.publish_command();
+        let commands = commands.clone();
         tokio::spawn(async move {
-            let (topic, publish, commands) = this;
-            if let Err(err) = publish_probe(&commands, publish, &topic, nonce).await {
-                debug!(cause = %err, "probe publish failed");
+            // At once: one hung shard must not hold up the others' probes.
+            let sent = topics
+                .iter()
+                .map(|topic| publish_probe(&commands, publish, topic, nonce));
+            for result in futures_util::future::join_all(sent).await {
+                if let Err(err) = result {
+                    debug!(cause = %err, "probe publish failed");
+                }
             }
         });
-        (
+        Probe {
             nonce,
-            tokio::time::Instant::now() + self.config.probe_timeout,
-        )
+            deadline: tokio::time::Instant::now() + self.config.probe_timeout,
+            remaining,
+        }
+    }
+
+    fn probe_count(&self) -> usize {
+        self.probe_topics.lock().expect("probe topics lock").len()
     }
 
     async fn publish_probe(&self, commands: &Commands, nonce: u64) -> Result<(), BrokerError> {
-        publish_probe(
-            commands,
-            self.keys.publish_command(),
-            self.keys.probe(),
-            nonce,
-        )
-        .await
+        let topics = self.probe_topics.lock().expect("probe topics lock").clone();
+        for topic in topics {
+            publish_probe(commands, self.keys.publish_command(), &topic, nonce).await?;
+        }
+        Ok(())
     }
 }
 

@@ -71,6 +71,10 @@ pub(crate) struct PubSub {
     pub(crate) inbox: Inbox,
     /// Offset regressions (`fence.rs`).
     pub(crate) fence: Fence,
+    /// This instance's probe topics: one on one Redis; one per master on a cluster (each
+    /// tagged into a slot of its master, so a hung shard fails its probe), from the topology
+    /// the connection saw when it was established.
+    pub(crate) probe_topics: Mutex<Vec<String>>,
     healthy: AtomicBool,
     reconnects: AtomicU64,
     started: Instant,
@@ -102,6 +106,7 @@ impl PubSub {
             waiting: Waiting::default(),
             inbox: Inbox::new(event_queue),
             fence: Fence::new(),
+            probe_topics: Mutex::new(Vec::new()),
             healthy: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             started: Instant::now(),
@@ -157,11 +162,19 @@ impl PubSub {
     /// installed and the message stream returned; health is the caller's to set.
     pub(crate) async fn establish(&self) -> Result<Incoming, BrokerError> {
         let (mut sink, stream) = self.client.pubsub(&self.config).await?;
+        let probes = match tokio::time::timeout(self.config.command_timeout, sink.shard_tags())
+            .await
+            .map_err(|_| unavailable("CLUSTER SLOTS timed out"))?
+            .map_err(map_err)?
+        {
+            Some(tags) if !tags.is_empty() => {
+                tags.iter().map(|t| self.keys.shard_probe(t)).collect()
+            }
+            _ => vec![self.keys.probe().to_string()],
+        };
         let _wire = self.wire.lock().await;
-        let mut topics = vec![
-            self.keys.broadcast().to_string(),
-            self.keys.probe().to_string(),
-        ];
+        let mut topics = vec![self.keys.broadcast().to_string()];
+        topics.extend(probes.iter().cloned());
         let channels = self.subs.all();
         topics.extend(channels.iter().map(|c| self.keys.topic(c)));
         for batch in topics.chunks(self.config.subscribe_batch) {
@@ -172,6 +185,7 @@ impl PubSub {
         }
         self.subs.mark_wired(&channels);
         *self.sink.lock().expect("sink lock") = Some(sink);
+        *self.probe_topics.lock().expect("probe topics lock") = probes;
         self.touch();
         debug!(topics = topics.len(), "redis pub/sub connection subscribed");
         Ok(stream)
@@ -327,13 +341,13 @@ impl PubSub {
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The probe in flight: its nonce and the instant it must be back by.
-        let mut pending: Option<(u64, tokio::time::Instant)> = None;
+        let mut pending: Option<Probe> = None;
         // A cluster shard's resubscription in progress, and whether another shard dropped
         // meanwhile (then it runs again once done).
         let mut healing: Option<Healing<'_>> = None;
         let mut again = false;
         loop {
-            let deadline = pending.map(|(_, at)| at);
+            let deadline = pending.as_ref().map(|p| p.deadline);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
@@ -375,7 +389,16 @@ impl PubSub {
                 }
                 _ = sleep_until(deadline) => {
                     warn!(timeout_ms = self.config.probe_timeout.as_millis() as u64, "pub/sub probe not answered");
-                    return Ended::Lost("liveness probe timed out");
+                    if !self.client.is_cluster() {
+                        return Ended::Lost("liveness probe timed out");
+                    }
+                    // A hung shard (its socket open, nothing answering): the others keep
+                    // delivering while a fresh connection finds its promoted replica.
+                    pending = None;
+                    self.healthy.store(false, Ordering::Release);
+                    if healing.is_none() {
+                        healing = Some(Box::pin(self.heal(commands)));
+                    }
                 }
                 _ = probe_tick.tick(), if pending.is_none() && healing.is_none() => {
                     pending = Some(self.send_probe(commands));
@@ -387,7 +410,7 @@ impl PubSub {
     /// Whether `topic` is one this node keeps subscribed (its own probe, the broadcast, or a
     /// channel in the table).
     fn holds(&self, topic: &str) -> bool {
-        topic == self.keys.probe()
+        self.keys.is_probe(topic)
             || topic == self.keys.broadcast()
             || self
                 .keys
@@ -430,11 +453,7 @@ impl PubSub {
 
     /// The reader's part, which never waits: notes activity, answers this instance's probe,
     /// and queues anything else for the dispatcher (dropped and counted when the queue is full).
-    pub(crate) fn route(
-        &self,
-        delivery: Delivery,
-        pending: &mut Option<(u64, tokio::time::Instant)>,
-    ) {
+    pub(crate) fn route(&self, delivery: Delivery, pending: &mut Option<Probe>) {
         self.touch();
         let message = match delivery {
             Delivery::Message(message) => message,
@@ -442,10 +461,15 @@ impl PubSub {
             Delivery::Resync => return self.inbox.push(Inbound::Resync),
             Delivery::ShardLost | Delivery::Unsubscribed(_) => return, // handled by `serve`
         };
-        if message.get_channel_name() == self.keys.probe() {
+        if self.keys.is_probe(message.get_channel_name()) {
             let bytes = message.get_payload_bytes();
-            if pending.is_some_and(|(nonce, _)| codec::decode_probe(bytes) == Some(nonce)) {
-                *pending = None;
+            if let Some(probe) = pending {
+                if codec::decode_probe(bytes) == Some(probe.nonce) {
+                    probe.remaining = probe.remaining.saturating_sub(1);
+                    if probe.remaining == 0 {
+                        *pending = None;
+                    }
+                }
             }
             return;
         }
@@ -576,6 +600,14 @@ async fn poll_healing(healing: &mut Option<Healing<'_>>) -> Incoming {
         Some(future) => future.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// A probe in flight: its nonce, the instant all its copies must be back by, and how many
+/// (one per probe topic) are still out.
+pub(crate) struct Probe {
+    pub(crate) nonce: u64,
+    pub(crate) deadline: tokio::time::Instant,
+    pub(crate) remaining: usize,
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -57,6 +57,11 @@ pub(crate) enum Client {
 }
 
 impl Client {
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Client::Cluster { .. })
+    }
+
     fn cluster_builder(
         nodes: &[String],
         ca: &Option<Vec<u8>>,
@@ -218,6 +223,52 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// One hash tag per master of the cluster whose slot that master owns (from `CLUSTER
+    /// SLOTS` as this connection sees it), for the per-shard probes; `None` on one Redis.
+    pub(crate) async fn shard_tags(&mut self) -> Result<Option<Vec<String>>, RedisError> {
+        let Sink::Cluster(con) = self else {
+            return Ok(None);
+        };
+        let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(con).await?;
+        let mut masters: std::collections::BTreeMap<String, Vec<(u16, u16)>> = Default::default();
+        if let Value::Array(ranges) = slots {
+            for range in ranges {
+                let Value::Array(fields) = range else {
+                    continue;
+                };
+                let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+                    (fields.first(), fields.get(1), fields.get(2))
+                else {
+                    continue;
+                };
+                let id = match master.get(2) {
+                    Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+                    _ => format!("{master:?}"),
+                };
+                masters
+                    .entry(id)
+                    .or_default()
+                    .push((*first as u16, *last as u16));
+            }
+        }
+        Ok(Some(
+            masters
+                .values()
+                .filter_map(|ranges| tag_in(ranges))
+                .collect(),
+        ))
+    }
+}
+
+/// A short hash tag whose slot lies in one of `ranges`.
+fn tag_in(ranges: &[(u16, u16)]) -> Option<String> {
+    (0..200_000u32).map(|i| format!("hp{i}")).find(|tag| {
+        let s = slot(tag.as_bytes());
+        ranges.iter().any(|&(a, b)| (a..=b).contains(&s))
+    })
+}
+
 /// What a pub/sub connection hands the reader.
 pub(crate) enum Delivery {
     /// A message on a subscribed topic.
@@ -345,6 +396,23 @@ mod tests {
         assert_eq!(slot(b"{}foo"), slot(b"{}foo"));
         assert_eq!(slot(b"a{}{foo}"), slot(b"a{}{foo}"));
         assert_ne!(slot(b"{}foo"), slot(b"foo"));
+    }
+
+    #[test]
+    fn a_tag_is_found_in_any_range() {
+        for ranges in [
+            vec![(0, 5460)],
+            vec![(5461, 10922)],
+            vec![(16383, 16383)],
+            vec![(7, 7), (9000, 9000)],
+        ] {
+            let tag = tag_in(&ranges).expect("a tag");
+            let s = slot(tag.as_bytes());
+            assert!(
+                ranges.iter().any(|&(a, b)| (a..=b).contains(&s)),
+                "{tag} -> {s}"
+            );
+        }
     }
 
     #[test]
