@@ -45,12 +45,30 @@ use crate::BrokerError;
 /// Maps a Redis failure to the broker's error: anything that smells of the connection is
 /// `Unavailable` (retry later, readiness reflects it), and so is Redis refusing a write at
 /// `maxmemory` (`OOM`: nothing was written, the publish is not acknowledged, error 111 at the
-/// edge); anything else is `Internal`.
+/// edge). So is a Redis Cluster in transition: a shard down or being failed over
+/// (`CLUSTERDOWN`, `MASTERDOWN`, `TRYAGAIN`, a `MOVED`/`ASK` still unresolved after the
+/// client's retries, `READONLY` from a demoted master, `LOADING`, no connection to the slot's
+/// node). Anything else is `Internal`.
 pub(crate) fn map_err(err: RedisError) -> BrokerError {
+    use redis::{ErrorKind, ServerErrorKind};
     if err.code() == Some("OOM") {
         return BrokerError::Unavailable(format!("redis is out of memory: {err}"));
     }
-    if err.is_io_error()
+    let in_transition = matches!(
+        err.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::BusyLoading
+            )
+    );
+    if in_transition
+        || err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
