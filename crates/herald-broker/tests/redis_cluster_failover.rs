@@ -256,6 +256,9 @@ enum Failure {
     /// `SIGSTOP`: its sockets stay open and nothing answers (a hung host); only the per-shard
     /// probe notices.
     Hung,
+    /// Nothing fails: the victim's slot is resharded to another master under traffic (`ASK`,
+    /// `TRYAGAIN`, then `MOVED`; Redis drops the slot's shard channels with a `sunsubscribe`).
+    Resharded,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,6 +269,11 @@ async fn master_killed_under_traffic_fails_over_and_resuming_readers_lose_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_hung_under_traffic_fails_over_and_resuming_readers_lose_nothing() {
     failover_under_traffic(Failure::Hung).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_moved_under_traffic_keeps_its_subscribers_and_loses_nothing() {
+    failover_under_traffic(Failure::Resharded).await;
 }
 
 async fn failover_under_traffic(failure: Failure) {
@@ -377,23 +385,30 @@ async fn failover_under_traffic(failure: Failure) {
 
     pump(&mut sink, &mut readers, &receiver, Duration::from_secs(1)).await;
     let kill_at = Instant::now();
+    let victim_slot = slot_of(&cluster, &victim);
+    // Another master, for resharding: the one owning the second channel.
+    let new_owner = match failure {
+        Failure::Resharded => cluster.master_of(slot_of(&cluster, &channels[1])),
+        _ => victim_replica,
+    };
     match failure {
         Failure::Killed => cluster.kill(victim_master),
         Failure::Hung => cluster.node(victim_master).signal("STOP"),
+        Failure::Resharded => {
+            tokio::task::block_in_place(|| cluster.move_slot(victim_slot, victim_master, new_owner))
+        }
     }
-    // Readiness flips while the shard is gone.
-    let seen_down = Instant::now() + conformance::WAIT;
-    while receiver.is_healthy() {
-        assert!(Instant::now() < seen_down, "still ready with a shard down");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if failure != Failure::Resharded {
+        // Readiness flips while the shard is gone.
+        let seen_down = Instant::now() + conformance::WAIT;
+        while receiver.is_healthy() {
+            assert!(Instant::now() < seen_down, "still ready with a shard down");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     // The automatic failover: the replica is promoted after the node timeout (2 s).
     tokio::task::block_in_place(|| {
-        cluster.wait_master(
-            slot_of(&cluster, &victim),
-            victim_replica,
-            Duration::from_secs(30),
-        )
+        cluster.wait_master(victim_slot, new_owner, Duration::from_secs(30))
     });
     let promoted_after = kill_at.elapsed();
     let promoted_at = Instant::now();
@@ -426,15 +441,29 @@ async fn failover_under_traffic(failure: Failure) {
         Duration::from_millis(500),
     )
     .await;
+    // Live delivery came back on every channel (the subscription followed its slot): the
+    // last publication arrived without the final catch-up below.
+    for channel in &channels {
+        assert_eq!(
+            readers[channel].got.last(),
+            acked.get(channel).and_then(|sent| sent.last()),
+            "{channel}: live delivery resumed after the {failure:?} shard"
+        );
+    }
     for (channel, reader) in readers.iter_mut() {
         reader.catch_up(&receiver, channel).await.unwrap();
     }
 
-    assert!(
-        failures.get(&victim).copied().unwrap_or(0) > 0,
-        "publishes to the dead shard failed meanwhile: {failures:?}"
-    );
-    for channel in &channels[1..] {
+    if failure != Failure::Resharded {
+        assert!(
+            failures.get(&victim).copied().unwrap_or(0) > 0,
+            "publishes to the dead shard failed meanwhile: {failures:?}"
+        );
+    }
+    for channel in channels[1..]
+        .iter()
+        .filter(|_| failure != Failure::Resharded)
+    {
         let count = during.get(channel).copied().unwrap_or(0);
         assert!(
             count > 0,

@@ -335,3 +335,54 @@ fn cli(port: u16, args: &[&str]) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// Resharding.
+impl RedisCluster {
+    /// The node id of node `index`.
+    pub fn id(&self, index: usize) -> String {
+        self.cli(index, &["CLUSTER", "MYID"]).trim().to_string()
+    }
+
+    /// Moves `slot` (and its keys) from master `from` to master `to` the way `redis-cli
+    /// --cluster reshard` does: `IMPORTING` on the target, `MIGRATING` on the source, `MIGRATE`
+    /// of its keys in batches, then `SETSLOT NODE` on both and every other master. Between the
+    /// steps clients meet `ASK` and `TRYAGAIN`.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let slot_s = slot.to_string();
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let ok = |what: &str, out: String| assert_eq!(out.trim(), "OK", "{what}: {out}");
+        ok(
+            "importing",
+            self.cli(to, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]),
+        );
+        ok(
+            "migrating",
+            self.cli(from, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]),
+        );
+        let to_port = self.nodes[to].port().to_string();
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            ok("migrate", self.cli(from, &args));
+        }
+        for node in [to, from] {
+            ok(
+                "setslot node",
+                self.cli(node, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]),
+            );
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != to && i != from && n.is_running() {
+                let role = self.cli(i, &["ROLE"]);
+                if role.starts_with("master") {
+                    self.cli(i, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+                }
+            }
+        }
+    }
+}

@@ -108,7 +108,7 @@ impl Fence {
         mark: &Mark,
         force: bool,
     ) -> Result<bool, BrokerError> {
-        let started: i64 = commands
+        let answer: Vec<redis::Value> = commands
             .run("fence", |mut con| async move {
                 self.script
                     .key(keys.meta(channel))
@@ -122,16 +122,29 @@ impl Fence {
                     .await
             })
             .await?;
-        if started == 1 {
+        let int = |i: usize| match answer.get(i) {
+            Some(redis::Value::Int(n)) => *n,
+            Some(redis::Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1),
+            _ => -1,
+        };
+        let started = int(0) == 1;
+        if started {
             self.count();
             tracing::warn!(
                 channel,
                 epoch = %mark.epoch,
-                offset = mark.offset,
+                seen_offset = mark.offset,
+                seen_ts = mark.ts_ms,
+                redis_offset = int(1),
+                redis_ts = int(2),
+                force,
                 "channel offset went back in redis (failover or restore): new epoch started"
             );
         }
-        Ok(started == 1)
+        Ok(started)
     }
 
     /// Checks every mark in `subs` (after a reconnect). Fails on the first Redis error.

@@ -75,6 +75,9 @@ pub(crate) struct PubSub {
     /// tagged into a slot of its master, so a hung shard fails its probe), from the topology
     /// the connection saw when it was established.
     pub(crate) probe_topics: Mutex<Vec<String>>,
+    /// The sink of a connection a healing one replaced, kept alive (its stream still
+    /// delivers) until the supervisor swaps streams.
+    retired: Mutex<Option<Sink>>,
     healthy: AtomicBool,
     reconnects: AtomicU64,
     started: Instant,
@@ -107,6 +110,7 @@ impl PubSub {
             inbox: Inbox::new(event_queue),
             fence: Fence::new(),
             probe_topics: Mutex::new(Vec::new()),
+            retired: Mutex::new(None),
             healthy: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             started: Instant::now(),
@@ -184,7 +188,10 @@ impl PubSub {
                 .map_err(map_err)?;
         }
         self.subs.mark_wired(&channels);
-        *self.sink.lock().expect("sink lock") = Some(sink);
+        let replaced = self.sink.lock().expect("sink lock").replace(sink);
+        // A healing cluster connection replaces one that still delivers: dropping its sink
+        // would end its stream too, so it is kept until the supervisor swaps streams.
+        *self.retired.lock().expect("retired lock") = replaced;
         *self.probe_topics.lock().expect("probe topics lock") = probes;
         self.touch();
         debug!(topics = topics.len(), "redis pub/sub connection subscribed");
@@ -375,6 +382,7 @@ impl PubSub {
                     // moment: a publication may come twice (the edge drops the second), so
                     // the live marks restart rather than call that a regression.
                     *stream = healed;
+                    self.retired.lock().expect("retired lock").take();
                     self.subs.forget_live_marks();
                     self.inbox.push(Inbound::Resync);
                     if std::mem::take(&mut again) {

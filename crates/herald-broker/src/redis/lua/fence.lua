@@ -8,11 +8,12 @@
 -- any channel still in that epoch regressed.
 -- Regressed when the channel is in that epoch and its newest offset is below the seen one,
 -- or the message at the seen offset (the newest, or still in the stream) has another time.
--- Returns 1 when it started a new epoch, 0 otherwise. Creates nothing for a channel without
+-- Returns {1, newest offset, newest's time} when it started a new epoch (what Redis held, for
+-- the log), {0} otherwise. Creates nothing for a channel without
 -- meta (no epoch: the next publish starts one anyway).
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch or epoch ~= ARGV[1] then
-  return 0
+  return {0}
 end
 local seen = tonumber(ARGV[2])
 local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
@@ -32,9 +33,10 @@ else
   end
 end
 if not regressed then
-  return 0
+  return {0}
 end
+local t = redis.call('HGET', KEYS[1], 't') or ''
 redis.call('HSET', KEYS[1], 'e', ARGV[4], 'o', 0)
 redis.call('HDEL', KEYS[1], 't')
 redis.call('DEL', KEYS[2])
-return 1
+return {1, top, t}
