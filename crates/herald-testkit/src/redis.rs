@@ -203,6 +203,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id, while it runs (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is running and answering (not killed, not stopped).
     pub fn is_running(&self) -> bool {
         self.child.is_some() && !self.stopped.load(Ordering::Relaxed)

@@ -338,6 +338,11 @@ fn cli(port: u16, args: &[&str]) -> String {
 
 /// Resharding.
 impl RedisCluster {
+    /// The process ids of the running servers (for CPU accounting in benchmarks).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(RedisServer::pid).collect()
+    }
+
     /// The node id of node `index`.
     pub fn id(&self, index: usize) -> String {
         self.cli(index, &["CLUSTER", "MYID"]).trim().to_string()
