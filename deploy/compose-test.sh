@@ -13,7 +13,9 @@
 #
 # Environment: HERALD_COMPOSE_PROJECT [heraldci], HERALD_HTTP_PORT [8080],
 # HERALD_PROMETHEUS_PORT [9090], HERALD_NOFILE [131072, or the daemon's limit if lower], HERALD_SKIP_CARGO=1 (use the existing target/release/herald),
-# HERALD_KEEP_UP=1 (leave the cluster running after the checks; `docker-compose -p heraldci down -v`).
+# HERALD_KEEP_UP=1 (leave the cluster running after the checks; `docker-compose -p heraldci down -v`),
+# HERALD_COMPOSE_REDIS=cluster (the same checks with deploy/docker-compose.redis-cluster.yml on
+# top: the edges on a six-node Redis Cluster; then checks that they use its sharded pub/sub).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,14 @@ OUT="$ROOT/.run/compose-test"
 TIMEOUT="${HERALD_COMPOSE_TIMEOUT:-180}"
 
 say() { printf '[compose-test] %s\n' "$*" >&2; }
-dc() { docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"; }
+FILES=(-f "$ROOT/docker-compose.yml")
+REDIS_SERVICES="redis"
+if [[ "${HERALD_COMPOSE_REDIS:-single}" == cluster ]]; then
+  FILES+=(-f "$ROOT/deploy/docker-compose.redis-cluster.yml")
+  REDIS_SERVICES="redis-node1 redis-node2 redis-node3 redis-node4 redis-node5 redis-node6"
+  OUT="$OUT-redis-cluster"
+fi
+dc() { docker-compose -p "$PROJECT" "${FILES[@]}" "$@"; }
 
 mkdir -p "$OUT"
 "$ROOT/deploy/images.sh" >/dev/null
@@ -66,11 +75,11 @@ say "docker-compose -p $PROJECT up -d --no-build"
 dc up -d --no-build
 
 # docker-compose v1 has no --wait: poll each container's health.
-say "waiting for redis, edge1..3 and nginx to be healthy (timeout ${TIMEOUT}s)"
+say "waiting for $REDIS_SERVICES, edge1..3 and nginx to be healthy (timeout ${TIMEOUT}s)"
 deadline=$((SECONDS + TIMEOUT))
 while :; do
   states=""; all=1
-  for svc in redis edge1 edge2 edge3 nginx; do
+  for svc in $REDIS_SERVICES edge1 edge2 edge3 nginx; do
     id="$(dc ps -q "$svc" 2>/dev/null || true)"
     st="$( [[ -n $id ]] && docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)"
     states+="$svc=$st "
@@ -86,7 +95,7 @@ until curl -fs -o /dev/null "http://127.0.0.1:$HERALD_HTTP_PORT/healthz"; do
   sleep 0.5
 done
 
-DC="docker-compose -p $PROJECT -f $ROOT/docker-compose.yml"
+DC="docker-compose -p $PROJECT ${FILES[*]}"
 "$PY" "$ROOT/tests-deploy/cluster_check.py" \
   --url "http://127.0.0.1:$HERALD_HTTP_PORT" \
   --prometheus "http://127.0.0.1:$HERALD_PROMETHEUS_PORT" \
@@ -98,11 +107,33 @@ DC="docker-compose -p $PROJECT -f $ROOT/docker-compose.yml"
   2>&1 | tee "$OUT/cluster_check.log"
 rc=${PIPESTATUS[0]}
 
-# Redis: requirepass and maxmemory from docker-compose.yml.
-noauth="$(dc exec -T redis sh -c 'unset REDISCLI_AUTH; redis-cli ping' 2>&1 || true)"
-if grep -q NOAUTH <<<"$noauth"; then say "ok   redis refuses a client without the password ($noauth)"
-else say "FAIL redis answered a client without the password: $noauth"; rc=1; fi
-mem="$(dc exec -T redis redis-cli --no-auth-warning config get maxmemory-policy 2>&1 | tr -d '\r' | tr '\n' ' ')"
-if grep -q 'maxmemory-policy volatile-lru' <<<"$mem"; then say "ok   redis (with the password): $mem"
-else say "FAIL redis maxmemory-policy: $mem"; rc=1; fi
+# Redis: requirepass and maxmemory from docker-compose.yml (on every node of a cluster).
+for svc in $REDIS_SERVICES; do
+  noauth="$(dc exec -T "$svc" sh -c 'unset REDISCLI_AUTH; redis-cli ping' 2>&1 || true)"
+  if grep -q NOAUTH <<<"$noauth"; then say "ok   $svc refuses a client without the password ($noauth)"
+  else say "FAIL $svc answered a client without the password: $noauth"; rc=1; fi
+  mem="$(dc exec -T "$svc" redis-cli --no-auth-warning config get maxmemory-policy 2>&1 | tr -d '\r' | tr '\n' ' ')"
+  if grep -q 'maxmemory-policy volatile-lru' <<<"$mem"; then say "ok   $svc (with the password): $mem"
+  else say "FAIL $svc maxmemory-policy: $mem"; rc=1; fi
+done
+if [[ "${HERALD_COMPOSE_REDIS:-single}" == cluster ]]; then
+  # The edges really are on the cluster: its sharded pub/sub carries their probe topics (one per
+  # master per running edge: the checks leave the killed one down), and the single Redis
+  # carries nothing of theirs.
+  edges=0
+  for svc in edge1 edge2 edge3; do
+    id="$(dc ps -q "$svc" 2>/dev/null || true)"
+    [[ -n $id && "$(docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null)" == true ]] && edges=$((edges + 1))
+  done
+  shard=0
+  for svc in $REDIS_SERVICES; do
+    n="$(dc exec -T "$svc" redis-cli --no-auth-warning pubsub shardchannels 'herald:probe:*' 2>/dev/null | tr -d '\r' | grep -c . || true)"
+    shard=$((shard + n))
+  done
+  plain="$(dc exec -T redis redis-cli --no-auth-warning pubsub channels 'herald:*' 2>/dev/null | tr -d '\r' | grep -c . || true)"
+  if ((edges >= 2 && shard >= 3 * edges && plain == 0)); then say "ok   the edges use the Redis Cluster's sharded pub/sub ($shard probe shard channels for $edges running edges; $plain on the single redis)"
+  else say "FAIL sharded pub/sub: $shard probe shard channels on the cluster (want 3 per running edge: $edges), $plain channels on the single redis (want 0)"; rc=1; fi
+  state="$(dc exec -T redis-node1 redis-cli --no-auth-warning cluster info 2>&1 | tr -d '\r' | grep cluster_state || true)"
+  if [[ $state == cluster_state:ok ]]; then say "ok   $state"; else say "FAIL redis cluster: $state"; rc=1; fi
+fi
 exit "$rc"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs Herald's tests: unit and server tests (with a real redis-server),
 # the native cluster behind real nginx, the browser demo in headless Chromium, Centrifugo's
-# Python SDK against 1 and 3 edges, the compose cluster (when Docker is there), and a smoke run
-# of every loadtest scenario.
+# Python SDK against 1 and 3 edges, the compose cluster on one Redis and on a Redis Cluster
+# (when Docker is there), and a smoke run of every loadtest scenario.
 #
 # Needs: redis-server, nginx, prometheus (promtool), chromium + chromedriver, python3 with the
 # packages in tests-browser/requirements.txt, tests-deploy/requirements.txt and
@@ -31,6 +31,7 @@ if [[ -f tests-deploy/test_security_doc.py ]]; then run "docs/SECURITY.md exampl
 if [[ -x bench/smoke.sh ]]; then run "loadtest smoke" bench/smoke.sh; fi
 if [[ "${HERALD_SKIP_COMPOSE:-0}" != 1 && -x deploy/compose-test.sh ]] && docker info >/dev/null 2>&1; then
   run "docker compose cluster" deploy/compose-test.sh
+  run "docker compose cluster on a Redis Cluster" env HERALD_COMPOSE_REDIS=cluster HERALD_SKIP_CARGO=1 deploy/compose-test.sh
 fi
 
 stage "summary"

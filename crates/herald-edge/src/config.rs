@@ -37,13 +37,9 @@ pub struct Cli {
     pub redis_url: Option<String>,
     /// Redis Cluster seed nodes, `host:port[,host:port…]` (each may also be a full
     /// `redis://[:password@]host:port` or `rediss://` URL, for a password or TLS); the topology
-    /// is discovered. Sharded pub/sub, Redis ≥ 7. Not together with `--redis-url`.
-    #[arg(
-        long,
-        env = "HERALD_REDIS_CLUSTER",
-        value_delimiter = ',',
-        conflicts_with = "redis_url"
-    )]
+    /// is discovered. Sharded pub/sub, Redis ≥ 7. Not together with `--redis-url` (an empty
+    /// one counts as unset, so a compose override can switch a single-Redis file to a cluster).
+    #[arg(long, env = "HERALD_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
     /// TOML file with namespaces and limits.
     #[arg(long, env = "HERALD_CONFIG")]
@@ -629,6 +625,28 @@ mod tests {
             vec!["redis://10.0.0.1:7000", "rediss://:pw@10.0.0.2:7001"]
         );
         assert!(c.redis_url.is_none());
+        // An empty --redis-url (an emptied HERALD_REDIS_URL) is unset; a real one conflicts.
+        let c = parse(&[
+            "herald",
+            "--node-id",
+            "n1",
+            "--redis-url",
+            "",
+            "--redis-cluster",
+            "h:1",
+        ])
+        .unwrap();
+        assert!(c.redis_url.is_none());
+        let both = parse(&[
+            "herald",
+            "--node-id",
+            "n1",
+            "--redis-url",
+            "redis://h:2",
+            "--redis-cluster",
+            "h:1",
+        ]);
+        assert!(both.is_err_and(|e| e.to_string().contains("not both")));
     }
 
     #[test]
@@ -662,7 +680,7 @@ mod tests {
         assert!(parse(&["herald", "--node-id", "n", "--log-format", "xml"]).is_err());
         assert!(parse(&["herald", "--node-id", "n", "--redis-cluster", "http://x:1"]).is_err());
         let both = ["--redis-url", "redis://a:1", "--redis-cluster", "b:2"];
-        assert!(Cli::try_parse_from(["herald"].iter().chain(&both)).is_err());
+        assert!(parse(&[&["herald", "--node-id", "n"][..], &both[..]].concat()).is_err());
         let c = EdgeConfig {
             redis_url: Some("redis://a:1".into()),
             redis_cluster: vec!["redis://b:2".into()],

@@ -49,12 +49,13 @@
 //! key of a channel carries the `{channel}` hash tag, so each script runs on the channel's
 //! shard, and the scripts `SPUBLISH` on the channel's topic, which carries the same tag
 //! (`keys.rs`). Nodes `SSUBSCRIBE` on one RESP3 cluster connection, i.e. one connection per
-//! shard, grouped by slot per command; a message crosses only its own shard. The registry,
-//! broadcast and probe names share the fixed `{herald}` tag. Losing any shard's pub/sub
-//! connection makes the supervisor resubscribe everything and emit one `Resync`, as above.
-//! A failover to a replica that missed the newest writes takes a channel's counter back; the
-//! node detects it (`fence.rs`) and starts a new epoch, so no (epoch, offset) ever names two
-//! messages.
+//! shard, grouped by slot per command; a message crosses only its own shard. The registry and
+//! broadcast share the fixed `{herald}` tag; the liveness probe has one topic per master. A
+//! lost, hung or moved shard does not stop the others: the old connection keeps delivering
+//! while a fresh one subscribes everything, then the two swap and one `Resync` follows
+//! (`sharded.rs`, `pubsub.rs`). A failover to a replica that missed the newest writes takes a
+//! channel's counter back; the node detects it (`fence.rs`) and starts a new epoch, so no
+//! (epoch, offset) ever names two messages.
 //!
 //! # TLS
 //!
