@@ -49,7 +49,8 @@ pub(crate) struct SubscribeSpec {
     /// Positions to resume from, parallel to `channels` (Herald WebSocket only).
     pub(crate) since: Vec<Option<StreamPosition>>,
     /// nchan WebSocket: use the pub/sub location `/ps/<channel>` (to publish over the
-    /// socket) instead of `/sub/<channel>`.
+    /// socket) instead of `/sub/<channel>`; sockudo: subscribe `private-<channel>`, where
+    /// client events may be sent.
     pub(crate) pubsub: bool,
     /// Bound on connecting + handshake + subscribing.
     pub(crate) timeout: Duration,
@@ -154,6 +155,7 @@ impl Subscriber {
         match self {
             Subscriber::HeraldWs(s) => s.publish(channel, data).await,
             Subscriber::NchanWs(s) => s.publish(Box::<str>::from(data).into_string()).await,
+            Subscriber::SockudoWs(s) => s.publish(channel, data.get()).await,
             _ => bail!("only WebSocket connections publish over their own socket"),
         }
     }

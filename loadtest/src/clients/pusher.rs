@@ -17,8 +17,16 @@ use serde_json::value::RawValue;
 
 use crate::errors::Failure;
 
-/// The event name every benchmark message is published under.
+/// The event name every benchmark message is published under over HTTP.
 pub(crate) const EVENT: &str = "m";
+
+/// The event name of messages a member publishes over its own socket: Pusher only relays
+/// `client-` events, only on private (or presence) channels, and never back to the sender.
+pub(crate) const CLIENT_EVENT: &str = "client-m";
+
+/// The prefix that makes a channel private (subscribing needs a signature, see
+/// [`channel_auth`]); client events need one.
+pub(crate) const PRIVATE: &str = "private-";
 
 /// One app's credentials (sockudo's `SOCKUDO_DEFAULT_APP_ID/KEY/SECRET`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +48,27 @@ pub(crate) fn ws_path(app: &App) -> String {
     )
 }
 
-/// `pusher:subscribe` for a public channel.
-pub(crate) fn encode_subscribe(channel: &str) -> String {
-    serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string()
+/// `pusher:subscribe`; `auth` (from [`channel_auth`]) for a private channel.
+pub(crate) fn encode_subscribe(channel: &str, auth: Option<&str>) -> String {
+    let data = match auth {
+        None => serde_json::json!({"channel": channel}),
+        Some(auth) => serde_json::json!({"channel": channel, "auth": auth}),
+    };
+    serde_json::json!({"event": "pusher:subscribe", "data": data}).to_string()
+}
+
+/// The signature that lets connection `socket_id` subscribe the private `channel`:
+/// `<key>:<hex HMAC-SHA256(secret, "<socket_id>:<channel>")>`. Normally an app's backend
+/// hands it out; the loadtest holds the secret, so it signs itself.
+pub(crate) fn channel_auth(app: &App, socket_id: &str, channel: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, app.secret.as_bytes());
+    let sig = hmac::sign(&key, format!("{socket_id}:{channel}").as_bytes());
+    format!("{}:{}", app.key, hex(sig.as_ref()))
+}
+
+/// A client event carrying `data` (a JSON text, sent as a string like the HTTP API's).
+pub(crate) fn encode_client_event(channel: &str, data: &str) -> String {
+    serde_json::json!({"event": CLIENT_EVENT, "channel": channel, "data": data}).to_string()
 }
 
 /// The answer to a server's `pusher:ping`.
@@ -346,9 +372,33 @@ mod tests {
         assert!(ServerFrame::parse(r#"{"event":"m","data":"{}"}"#).is_err());
     }
 
+    /// The example of Pusher's "authenticating users" docs (socket 1234.1234, channel
+    /// private-foobar, the same key and secret as above).
+    #[test]
+    fn channel_auth_like_the_pusher_docs_example() {
+        let app = App {
+            id: "3".into(),
+            key: "278d425bdf160c739803".into(),
+            secret: "7ad3773142a6692b25b8".into(),
+        };
+        assert_eq!(
+            channel_auth(&app, "1234.1234", "private-foobar"),
+            "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+        );
+        let sub: serde_json::Value =
+            serde_json::from_str(&encode_subscribe("private-foobar", Some("k:s"))).unwrap();
+        assert_eq!(sub["data"]["auth"], "k:s");
+        let ev: serde_json::Value =
+            serde_json::from_str(&encode_client_event("private-x", r#"{"seq":1}"#)).unwrap();
+        assert_eq!(
+            ev,
+            serde_json::json!({"event": "client-m", "channel": "private-x", "data": "{\"seq\":1}"})
+        );
+    }
+
     #[test]
     fn subscribe_and_paths() {
-        let sub: serde_json::Value = serde_json::from_str(&encode_subscribe("a-b")).unwrap();
+        let sub: serde_json::Value = serde_json::from_str(&encode_subscribe("a-b", None)).unwrap();
         assert_eq!(
             sub,
             serde_json::json!({"event":"pusher:subscribe","data":{"channel":"a-b"}})

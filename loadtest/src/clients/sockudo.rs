@@ -1,5 +1,7 @@
 //! sockudo's client side: a Pusher protocol 7 WebSocket on `/app/<key>` (frames in
-//! [`super::pusher`]). Public channels only, so subscribing needs no auth round trip.
+//! [`super::pusher`]). Subscribers use public channels; pub/sub sockets (rooms) use the
+//! private channel `private-<name>`, signed by the loadtest itself, because Pusher relays
+//! client events only there, and never back to the sender (rooms accounts for that).
 //!
 //! sockudo keeps no offsets and no history, so a subscriber has nothing to resume from:
 //! loss, duplicates and order come from the payload's sequence numbers alone (as for nchan).
@@ -25,6 +27,8 @@ pub(crate) struct WsSession {
     ws: WebSocketStream<TcpStream>,
     /// Which channels, by (index, name).
     spec: SubscribeSpec,
+    /// The prefix of every channel's name on the wire: "" or `private-` (pub/sub).
+    wire_prefix: &'static str,
     /// Messages that arrived while subscribing.
     early: VecDeque<Delivery>,
     /// A `pusher:ping` is unanswered. Kept here so the pong survives a cancelled `next`
@@ -41,29 +45,37 @@ impl WsSession {
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
             .await
             .context("WebSocket handshake")?;
+        let wire_prefix = if spec.pubsub { pusher::PRIVATE } else { "" };
         let mut s = Self {
             ws,
             spec,
+            wire_prefix,
             early: VecDeque::new(),
             pong_due: false,
         };
         let first = s.read_text().await?;
-        match ServerFrame::parse(&first)? {
-            ServerFrame::Established { .. } => {}
+        let socket_id = match ServerFrame::parse(&first)? {
+            ServerFrame::Established { socket_id } => socket_id,
             ServerFrame::Error { code, message } => {
                 bail!(Failure::Rejected(format!("{code:?} {message}")))
             }
             other => bail!(Failure::Protocol(format!("first frame is {other:?}"))),
-        }
+        };
         for (_, name) in &s.spec.channels {
-            s.ws.send(Message::text(pusher::encode_subscribe(name)))
-                .await?;
+            let wire = format!("{wire_prefix}{name}");
+            let auth = s
+                .spec
+                .pubsub
+                .then(|| pusher::channel_auth(app, &socket_id, &wire));
+            let sub = pusher::encode_subscribe(&wire, auth.as_deref());
+            s.ws.send(Message::text(sub)).await?;
         }
         let mut pending: Vec<bool> = vec![true; s.spec.channels.len()];
         while pending.iter().any(|p| *p) {
             let text = s.read_text().await?;
             if let ServerFrame::Subscribed { channel } = ServerFrame::parse(&text)? {
-                if let Some(k) = s.spec.channels.iter().position(|(_, n)| *n == *channel) {
+                let name = channel.strip_prefix(wire_prefix).unwrap_or(&channel);
+                if let Some(k) = s.spec.channels.iter().position(|(_, n)| n == name) {
                     pending[k] = false;
                 }
                 continue;
@@ -95,7 +107,8 @@ impl WsSession {
         let recv_us = now_us();
         match ServerFrame::parse(text)? {
             ServerFrame::Event { channel, data, .. } => {
-                let Some(index) = self.spec.channel_index(&channel) else {
+                let name = channel.strip_prefix(self.wire_prefix).unwrap_or(&channel);
+                let Some(index) = self.spec.channel_index(name) else {
                     return Ok(());
                 };
                 out.push(Delivery {
@@ -129,6 +142,18 @@ impl WsSession {
             let text = self.read_text().await?;
             self.handle(&text, out)?;
         }
+        Ok(())
+    }
+
+    /// Publishes `data` (JSON text) on `channel` as a client event (pub/sub sockets only:
+    /// the channel must be one of this socket's private channels).
+    pub(crate) async fn publish(&mut self, channel: &str, data: &str) -> Result<()> {
+        if !self.spec.pubsub {
+            bail!("a sockudo subscriber publishes only on private channels (pub/sub sockets)");
+        }
+        let wire = format!("{}{channel}", self.wire_prefix);
+        let frame = pusher::encode_client_event(&wire, data);
+        self.ws.send(Message::text(frame)).await?;
         Ok(())
     }
 
