@@ -117,11 +117,12 @@ if [[ $TARGETS == *nchan* ]]; then
 fi
 if [[ $TARGETS == *sockudo* ]]; then
     if sockudo_bin >/dev/null; then
-        # WebSocket only (sockudo has no SSE or long-poll; rooms would need client events on
-        # private channels): fan-out, idle and connect against one node (local adapter).
+        # WebSocket only (sockudo has no SSE or long-poll): fan-out, rooms (client events),
+        # idle and connect against one node (local adapter).
         RUN_DIR="$RUN_DIR" start_sockudo
         u=(--url "$SOCKUDO_URLS")
         smoke sockudo fanout-ws fanout "${u[@]}" --connections 20 --channels 2 --rate 100 --duration 2s --drain 3s
+        smoke sockudo rooms rooms "${u[@]}" --connections 30 --room-size 10 --rate 5 --duration 2s --drain 3s
         smoke sockudo idle idle "${u[@]}" --connections 200 --ramp 1s --duration 1s
         smoke sockudo connect connect "${u[@]}" --rate 100 --duration 2s
     else

@@ -7,7 +7,7 @@
 #                                idle-10k idle-19k connect storm-kill storm-term   (default: all)
 #                                three-way (Herald / nchan / sockudo, not in the default list:
 #                                needs bench/sockudo/install.sh --build first): 3way-fanout-ws-direct
-#                                3way-idle-10k 3way-idle-19k 3way-connect
+#                                3way-idle-10k 3way-idle-19k 3way-connect 3way-rooms
 # Results: bench/.run/results/<part>/ ; the table of each part is also in <part>/table.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +79,11 @@ run_part() {
         [[ $n == 19000 ]] && n=19500
         part "3way-idle-ws-${1#3way-idle-}" FRESH=1 HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" -- \
             idle --connections $n --ramp 10s --duration 10s --source-ips 4 --connect-timeout 30s ;;
+    3way-rooms)
+        # 3 Herald edges and 3 sockudo nodes (Redis adapter), clients straight to them (same-
+        # vs cross-edge latency); nchan is its one nginx worker as always
+        part 3way-rooms HERALD_DIRECT=1 SOCKUDO_NODES=3 SOCKUDO_DIRECT=1 TARGETS="herald nchan sockudo" -- \
+            rooms --connections 1000 --room-size 10 --rate 2 --duration 8s --drain 5s ;;
     3way-connect)
         part 3way-connect HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" STEPS="500 1000 2000 4000" STOP_AT_LIMIT=0 -- \
             connect --duration 4s --source-ips 4 ;;
