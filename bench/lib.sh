@@ -124,7 +124,8 @@ start_sockudo() {
     local nodes=""
     for ((i = 1; i <= n; i++)); do
         port=$(free_port)
-        pid=$(start_sockudo_node "node$i" "$port" ADAPTER_DRIVER=redis \
+        # a clustered sockudo refuses a node-local cache (idempotency, Ably compatibility)
+        pid=$(start_sockudo_node "node$i" "$port" ADAPTER_DRIVER=redis CACHE_DRIVER=redis \
             DATABASE_REDIS_HOST=127.0.0.1 DATABASE_REDIS_PORT="$REDIS_PORT")
         SOCKUDO_PIDS+="$pid " SOCKUDO_NODE_URLS+="http://127.0.0.1:$port "
         nodes+="server 127.0.0.1:$port;"
@@ -148,11 +149,24 @@ start_sockudo() {
     log "sockudo: $n nodes (redis adapter) behind nginx on http://127.0.0.1:$port; clients to $SOCKUDO_URLS"
 }
 
+# stop_sockudo: SIGTERM to everything start_sockudo started, then waits (5 s at most, then
+# SIGKILL) for the nodes to exit, so a FRESH=1 restart does not overlap a draining node.
 stop_sockudo() {
-    local dir="$RUN_DIR/sockudo" f
+    local dir="$RUN_DIR/sockudo" f pids=() p i
     [[ -f $dir/nginx-master.pid ]] && kill "$(cat "$dir/nginx-master.pid")" 2>/dev/null
-    for f in "$dir"/node*/pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null; done
+    for f in "$dir"/node*/pid; do [[ -f $f ]] && pids+=("$(cat "$f")"); done
+    [[ ${#pids[@]} -gt 0 ]] && kill "${pids[@]}" 2>/dev/null
     [[ -f $RUN_DIR/sockudo-redis/redis.pid ]] && kill "$(cat "$RUN_DIR/sockudo-redis/redis.pid")" 2>/dev/null
+    local alive
+    for ((i = 0; i < 50; i++)); do
+        alive=0
+        for p in "${pids[@]}"; do
+            [[ -d /proc/$p && $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) != Z ]] && alive=1
+        done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    [[ $i == 50 ]] && kill -KILL "${pids[@]}" 2>/dev/null
     rm -f "$dir/nginx-master.pid" "$dir"/node*/pid "$RUN_DIR/sockudo-redis/redis.pid"
     return 0
 }

@@ -2,8 +2,10 @@
 # Prints the path of a sockudo binary for the benchmarks, building it only when asked.
 #
 #   bench/sockudo/install.sh          path of the cached binary; exit 1 (with a hint) if none
-#   bench/sockudo/install.sh --build  build it first if missing: `cargo install sockudo --locked`
-#                                     into bench/.run/sockudo-install (git-ignored), ~20-40 min
+#   bench/sockudo/install.sh --build  build it first if missing: `cargo install sockudo --locked
+#                                     --features redis` (the default features have no Redis
+#                                     adapter or cache: SOCKUDO_NODES > 1 needs them) into
+#                                     bench/.run/sockudo-install (git-ignored), ~20-40 min
 #                                     on 2 cores, needs protobuf-compiler and libprotobuf-dev
 #
 # SOCKUDO_BIN=/path/to/sockudo overrides the cache; SOCKUDO_VERSION (default 5.2.0) picks the
@@ -30,6 +32,6 @@ command -v protoc >/dev/null || die "protoc missing: apt-get install -y protobuf
     die "google/protobuf/timestamp.proto missing: apt-get install -y libprotobuf-dev"
 log "building sockudo $VERSION into $ROOT (nice 19; log: $ROOT.log)"
 mkdir -p "$ROOT"
-nice -n 19 cargo install sockudo --version "$VERSION" --locked --root "$ROOT" >"$ROOT.log" 2>&1 ||
+nice -n 19 cargo install sockudo --version "$VERSION" --locked --features redis --root "$ROOT" >"$ROOT.log" 2>&1 ||
     die "cargo install sockudo failed, see $ROOT.log"
 echo "$BIN"
