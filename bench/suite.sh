@@ -72,7 +72,9 @@ run_part() {
     3way-fanout-ws-direct)
         # every target on one process pinned to CPU 0: Herald's single edge (+ its Redis),
         # nchan's nginx worker (+ Redis), one sockudo node (local adapter, no Redis)
-        part 3way-fanout-ws-direct HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" STEPS="20 40 80 120 160" -- \
+        # every step for every target (STOP_AT_LIMIT=0): on a shared box one noisy step
+        # must not end a target's stepping
+        part 3way-fanout-ws-direct HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" STEPS="20 40 80 120" STOP_AT_LIMIT=0 -- \
             fanout --connections 1000 --duration 6s --drain 5s ;;
     3way-idle-10k | 3way-idle-19k)
         local n=${1#3way-idle-}; n=${n%k}000
