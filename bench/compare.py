@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side table of a bench/run.sh results folder: median (min-max) per target and the
-Herald / nchan ratio of the medians.
+"""Side-by-side table of a bench/run.sh results folder: median (min-max) per target (herald,
+nchan, sockudo: the ones present) and the Herald / peer ratio of the medians for each peer.
 
 usage: bench/compare.py bench/.run/results/<tag> [--json]
 """
@@ -42,8 +42,10 @@ METRICS = [
 ]
 
 
-# The process that terminates the clients' connections: Herald's edges, nchan's nginx worker.
-EDGE_COMM = {"herald": "herald", "nchan": "nginx"}
+# The process that terminates the clients' connections: Herald's edges, nchan's nginx worker,
+# sockudo's nodes.
+EDGE_COMM = {"herald": "herald", "nchan": "nginx", "sockudo": "sockudo"}
+TARGETS = ("herald", "nchan", "sockudo")
 
 
 def edge_pids(report):
@@ -81,7 +83,7 @@ def load(folder):
             report = json.loads(f.read_text())
         except (json.JSONDecodeError, OSError):
             continue
-        m = re.match(r"(.+?)-(herald|nchan)(?:-r([\d.]+))?-(\d+)\.json$", f.name)
+        m = re.match(r"(.+?)-(herald|nchan|sockudo)(?:-r([\d.]+))?-(\d+)\.json$", f.name)
         if not m:
             continue
         step = m.group(3) or ""
@@ -99,24 +101,31 @@ def fmt(vals):
 def main():
     folder = sys.argv[1]
     groups = load(folder)
+    present = [t for t in TARGETS if any(t in g for g in groups.values())]
+    # Two-way folders keep their old columns: herald, nchan, herald/nchan.
+    targets = present if "sockudo" in present else ["herald", "nchan"]
+    peers = [t for t in targets if t != "herald"]
     summary = []
     for step in sorted(groups, key=lambda s: float(s) if s else 0):
         by_target = groups[step]
         print(f"\n== {pathlib.Path(folder).name}{' rate ' + step if step else ''} ==")
-        print(f"{'metric':<18} {'herald':>30} {'nchan':>30} {'herald/nchan':>13}")
+        head = "".join(f" {t:>30}" for t in targets) + "".join(f" {'herald/' + p:>15}" for p in peers)
+        print(f"{'metric':<18}{head}")
         for label, path, _ in METRICS:
             cols, meds = [], {}
-            for t in ("herald", "nchan"):
+            for t in targets:
                 vals = [v for v in (get(r, path) for r in by_target.get(t, [])) if v is not None]
                 cols.append(fmt(vals))
                 if vals:
                     meds[t] = statistics.median(vals)
-            if cols == ["-", "-"]:
+            if all(c == "-" for c in cols):
                 continue
-            ratio = "-"
-            if "herald" in meds and meds.get("nchan"):
-                ratio = f"{meds['herald'] / meds['nchan']:.2f}x"
-            print(f"{label:<18} {cols[0]:>30} {cols[1]:>30} {ratio:>13}")
+            ratios = []
+            for p in peers:
+                ok = "herald" in meds and meds.get(p)
+                ratios.append(f"{meds['herald'] / meds[p]:.2f}x" if ok else "-")
+            line = "".join(f" {c:>30}" for c in cols) + "".join(f" {r:>15}" for r in ratios)
+            print(f"{label:<18}{line}")
             summary.append({"step": step, "metric": label, "median": meds})
         invalid = [t for t, rs in by_target.items() for r in rs if not r.get("valid", True)]
         if invalid:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs one loadtest scenario against Herald and against nginx+nchan on this machine, in one
-# run, REPEATS times each (interleaved), then prints a side-by-side table (median, min-max,
-# Herald / nchan ratio). Results: bench/.run/results/<tag>/*.json.
+# Runs one loadtest scenario against Herald, nginx+nchan and (when asked) sockudo on this
+# machine, in one run, REPEATS times each (interleaved), then prints a side-by-side table
+# (median, min-max, Herald / peer ratios). Results: bench/.run/results/<tag>/*.json.
 #
 # usage: bench/run.sh SCENARIO [herald-loadtest flags...]
 #   bench/run.sh fanout --connections 1000 --rate 100 --duration 20s
@@ -10,7 +10,10 @@
 #
 # environment:
 #   REPEATS=3            runs per target (median with min-max is reported)
-#   TARGETS="herald nchan"
+#   TARGETS="herald nchan"   add sockudo for the three-way runs (TARGETS="herald nchan sockudo";
+#                        needs bench/sockudo/install.sh's cached binary)
+#   SOCKUDO_NODES=1      sockudo nodes: 1 = local adapter; 3 = Redis adapter behind nginx
+#                        (SOCKUDO_DIRECT=1: clients to the nodes' own URLs), see bench/lib.sh
 #   SERVER_CPUS=0        taskset CPU list for the servers (default: 0 on a 2+ core box)
 #   LOADTEST_CPUS=1      taskset CPU list for the loadtest (default: the last CPU)
 #   HERALD_URLS="http://127.0.0.1:8080 ..."   use an already running Herald (nothing started);
@@ -33,7 +36,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-[[ $# -ge 1 ]] || { sed -n '2,28p' "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,35p' "$0"; exit 2; }
 SCENARIO="$1"; shift
 REPEATS="${REPEATS:-3}"
 TARGETS="${TARGETS:-herald nchan}"
@@ -104,6 +107,7 @@ stop_all() {
             ;;
     esac
     stop_nchan 2>/dev/null || true
+    stop_sockudo 2>/dev/null || true
 }
 trap stop_all EXIT
 
@@ -124,6 +128,10 @@ restart_target() {
         stop_nchan 2>/dev/null || true
         sleep 0.5
         start_nchan
+    elif [[ $1 == sockudo ]]; then
+        stop_sockudo
+        sleep 0.5
+        start_sockudo
     fi
 }
 
@@ -131,7 +139,12 @@ restart_target() {
 run_one() {
     local target="$1" rep="$2" rate="$3" urls pids args=()
     shift 3
-    if [[ $target == herald ]]; then urls="$HERALD_URLS"; pids="$HERALD_PIDS"; else urls="$NCHAN_URL"; pids="$NCHAN_PIDS"; fi
+    case "$target" in
+        herald) urls="$HERALD_URLS"; pids="$HERALD_PIDS" ;;
+        nchan) urls="$NCHAN_URL"; pids="$NCHAN_PIDS" ;;
+        sockudo) urls="$SOCKUDO_URLS"; pids="$SOCKUDO_PIDS" ;;
+        *) die "unknown target $target" ;;
+    esac
     for u in $urls; do args+=(--url "$u"); done
     for p in $pids; do args+=(--server-pid "$p"); done
     [[ -n $rate ]] && args+=(--rate "$rate")
@@ -150,10 +163,14 @@ run_pinned() { # like lib.sh's pin, without exec: the loadtest runs in the foreg
 build
 [[ $TARGETS == *herald* ]] && start_herald
 [[ $TARGETS == *nchan* ]] && start_nchan
+if [[ $TARGETS == *sockudo* ]]; then
+    sockudo_bin >/dev/null || die "TARGETS has sockudo but there is no binary: bench/sockudo/install.sh --build"
+    start_sockudo
+fi
 {
     echo "scenario=$SCENARIO args=$* repeats=$REPEATS"
     echo "pinned: servers to CPUs '${SERVER_CPUS:-none}', loadtest to CPUs '${LOADTEST_CPUS:-none}' (of $NCPU)"
-    echo "herald=${HERALD_URLS:-} nchan=${NCHAN_URL:-}"
+    echo "herald=${HERALD_URLS:-} nchan=${NCHAN_URL:-} sockudo=${SOCKUDO_URLS:-} (nodes ${SOCKUDO_NODES:-1})"
     echo "herald_bin=$HERALD_BIN loadtest=$LOADTEST commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)"
     echo "cluster=${HERALD_CLUSTER_CMD:-single edge} edges=${HERALD_CLUSTER_EDGES:-3} edge_cpus=${EDGE_CPUS-${SERVER_CPUS:-}} infra_cpus=${INFRA_CPUS-${SERVER_CPUS:-}}"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"

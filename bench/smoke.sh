@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Smoke run of every loadtest scenario, tiny (seconds each), against whatever target is
-# available: Herald (target/<profile>/herald, built if missing) and nginx+nchan+Redis (when
-# installed). A check fails on any connect error, loss, duplicate or reordering.
+# available: Herald (target/<profile>/herald, built if missing), nginx+nchan+Redis (when
+# installed) and sockudo (only when bench/sockudo/install.sh has a cached binary: it is never
+# built here). A check fails on any connect error, loss, duplicate or reordering.
 # Prints "N passed, N failed" last; exits non-zero on a failure.
 #
-# environment: PROFILE=debug|release (default debug), SMOKE_TARGETS="herald nchan",
+# environment: PROFILE=debug|release (default debug), SMOKE_TARGETS="herald nchan sockudo",
 #              SMOKE_TIMEOUT=60 (seconds one loadtest run may take before it counts as failed)
 # Everything runs on free loopback ports under bench/.run/smoke/ and is stopped on exit.
 set -uo pipefail
@@ -14,13 +15,17 @@ log() { echo "[bench +$((SECONDS - T0))s] $*" >&2; }
 RUN_DIR="${RUN_DIR:-$BENCH_DIR/.run}/smoke"
 mkdir -p "$RUN_DIR"
 PROFILE="${PROFILE:-debug}"
-TARGETS="${SMOKE_TARGETS:-herald nchan}"
+TARGETS="${SMOKE_TARGETS:-herald nchan sockudo}"
 flag=(); [[ $PROFILE == release ]] && flag=(--release)
 (cd "$REPO_DIR" && cargo build -q "${flag[@]}" -p herald-loadtest) || die "loadtest does not build"
 LT="$REPO_DIR/target/$PROFILE/herald-loadtest"
 PASS=0 FAIL=0
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; stop_nchan 2>/dev/null; }
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    stop_nchan 2>/dev/null
+    stop_sockudo 2>/dev/null
+}
 trap cleanup EXIT
 
 # check NAME JSONFILE: zero loss/dup/reorder, every connection established.
@@ -108,6 +113,20 @@ if [[ $TARGETS == *nchan* ]]; then
         scenarios nchan "$NCHAN_URL"
     else
         log "skip nchan: nginx, libnginx-mod-nchan or redis-server not installed"
+    fi
+fi
+if [[ $TARGETS == *sockudo* ]]; then
+    if sockudo_bin >/dev/null; then
+        # WebSocket only (sockudo has no SSE or long-poll): fan-out, rooms (client events),
+        # idle and connect against one node (local adapter).
+        RUN_DIR="$RUN_DIR" start_sockudo
+        u=(--url "$SOCKUDO_URLS")
+        smoke sockudo fanout-ws fanout "${u[@]}" --connections 20 --channels 2 --rate 100 --duration 2s --drain 3s
+        smoke sockudo rooms rooms "${u[@]}" --connections 30 --room-size 10 --rate 5 --duration 2s --drain 3s
+        smoke sockudo idle idle "${u[@]}" --connections 200 --ramp 1s --duration 1s
+        smoke sockudo connect connect "${u[@]}" --rate 100 --duration 2s
+    else
+        log "skip sockudo: not installed (no cached binary; bench/sockudo/install.sh --build makes one)"
     fi
 fi
 echo "smoke: $PASS passed, $FAIL failed in $((SECONDS - T0))s"

@@ -5,6 +5,9 @@
 #
 #   bench/suite.sh [PART...]     parts: fanout-ws fanout-ws-direct fanout-sse fanout-longpoll rooms
 #                                idle-10k idle-19k connect storm-kill storm-term   (default: all)
+#                                three-way (Herald / nchan / sockudo, not in the default list:
+#                                needs bench/sockudo/install.sh --build first): 3way-fanout-ws 3way-fanout-ws-direct
+#                                3way-idle-10k 3way-idle-19k 3way-connect 3way-rooms
 # Results: bench/.run/results/<part>/ ; the table of each part is also in <part>/table.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +69,31 @@ run_part() {
     connect)
         # clients straight to one edge, as nchan's clients reach nchan's nginx
         part connect HERALD_DIRECT=1 HERALD_CLUSTER_EDGES=1 STEPS="500 1000 2000 4000" STOP_AT_LIMIT=0 -- connect --duration 4s --source-ips 4 ;;
+    3way-fanout-ws)
+        # the prescribed topology: nginx (1 worker) -> 3 Herald edges -> Redis, and nginx ->
+        # 3 sockudo nodes (Redis adapter) -> Redis; nchan as always
+        part 3way-fanout-ws SOCKUDO_NODES=3 TARGETS="herald nchan sockudo" STEPS="10 20 40 80" STOP_AT_LIMIT=0 -- \
+            fanout --connections 1000 --duration 6s --drain 5s ;;
+    3way-fanout-ws-direct)
+        # every target on one process pinned to CPU 0: Herald's single edge (+ its Redis),
+        # nchan's nginx worker (+ Redis), one sockudo node (local adapter, no Redis)
+        # every step for every target (STOP_AT_LIMIT=0): on a shared box one noisy step
+        # must not end a target's stepping
+        part 3way-fanout-ws-direct HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" STEPS="20 40 80 120" STOP_AT_LIMIT=0 -- \
+            fanout --connections 1000 --duration 6s --drain 5s ;;
+    3way-idle-10k | 3way-idle-19k)
+        local n=${1#3way-idle-}; n=${n%k}000
+        [[ $n == 19000 ]] && n=19500
+        part "3way-idle-ws-${1#3way-idle-}" FRESH=1 HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" -- \
+            idle --connections $n --ramp 10s --duration 10s --source-ips 4 --connect-timeout 30s ;;
+    3way-rooms)
+        # 3 Herald edges and 3 sockudo nodes (Redis adapter), clients straight to them (same-
+        # vs cross-edge latency); nchan is its one nginx worker as always
+        part 3way-rooms HERALD_DIRECT=1 SOCKUDO_NODES=3 SOCKUDO_DIRECT=1 TARGETS="herald nchan sockudo" -- \
+            rooms --connections 1000 --room-size 10 --rate 2 --duration 8s --drain 5s ;;
+    3way-connect)
+        part 3way-connect HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" STEPS="500 1000 2000 4000" STOP_AT_LIMIT=0 -- \
+            connect --duration 4s --source-ips 4 ;;
     storm-kill) storm storm-kill KILL ;;
     storm-term) storm storm-term TERM ;;
     *) echo "unknown part $1" >&2; exit 2 ;;

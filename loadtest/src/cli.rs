@@ -63,6 +63,9 @@ pub(crate) enum Target {
     Herald,
     /// nginx + nchan (`/sub/<ch>`, `/pub/<ch>`, `/ps/<ch>`), see bench/nchan/nginx.conf.
     Nchan,
+    /// sockudo, Pusher protocol 7 (`/app/<key>`, signed `POST /apps/<id>/events`), see
+    /// bench/sockudo/. WebSocket only.
+    Sockudo,
 }
 
 /// How subscribers receive messages.
@@ -140,6 +143,20 @@ pub(crate) struct CommonArgs {
     /// Pid of a server process to sample (CPU, RSS); repeat for several (edges, nginx, redis).
     #[arg(long = "server-pid")]
     pub(crate) server_pids: Vec<u32>,
+    /// sockudo: the app id (`SOCKUDO_DEFAULT_APP_ID` of bench/sockudo/sockudo.sh).
+    #[arg(long, env = "SOCKUDO_APP_ID", default_value = "herald-bench")]
+    pub(crate) sockudo_app_id: String,
+    /// sockudo: the app key.
+    #[arg(long, env = "SOCKUDO_APP_KEY", default_value = "herald-bench-key")]
+    pub(crate) sockudo_app_key: String,
+    /// sockudo: the app secret (signs publishes; left out of the JSON report).
+    #[arg(
+        long,
+        env = "SOCKUDO_APP_SECRET",
+        default_value = "herald-bench-secret"
+    )]
+    #[serde(skip)]
+    pub(crate) sockudo_app_secret: String,
 }
 
 /// `fanout` flags.
@@ -255,5 +272,17 @@ mod tests {
         .unwrap();
         assert_eq!(cli.scenario.common().urls, vec!["http://a:1", "http://b:2"]);
         assert_eq!(cli.scenario.common().target, Target::Nchan);
+    }
+
+    #[test]
+    fn sockudo_target_has_bench_app_defaults() {
+        let cli = Cli::try_parse_from(["x", "idle", "--target", "sockudo"]).unwrap();
+        let c = cli.scenario.common();
+        assert_eq!(c.target, Target::Sockudo);
+        // The defaults match bench/sockudo/sockudo.env; the secret stays out of reports.
+        assert_eq!(c.sockudo_app_key, "herald-bench-key");
+        let params = serde_json::to_value(&cli.scenario).unwrap();
+        assert!(params.get("sockudo_app_secret").is_none());
+        assert_eq!(params["target"], "sockudo");
     }
 }

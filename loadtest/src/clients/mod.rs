@@ -1,5 +1,6 @@
 //! Clients of the systems under test: one [`Subscriber`] type over every (target, transport)
-//! pair, and the HTTP [`publish::HttpPublisher`].
+//! pair, and the HTTP [`publish::HttpPublisher`]. sockudo speaks the Pusher protocol
+//! ([`pusher`]) over WebSocket only.
 //!
 //! Every subscriber's [`Subscriber::next`] is cancel-safe (all state lives in `self`), so the
 //! scenario loops can `select!` on it together with timers and cancellation.
@@ -8,9 +9,12 @@ pub(crate) mod herald;
 pub(crate) mod http;
 pub(crate) mod nchan;
 pub(crate) mod publish;
+pub(crate) mod pusher;
+pub(crate) mod sockudo;
 pub(crate) mod sse;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -45,10 +49,13 @@ pub(crate) struct SubscribeSpec {
     /// Positions to resume from, parallel to `channels` (Herald WebSocket only).
     pub(crate) since: Vec<Option<StreamPosition>>,
     /// nchan WebSocket: use the pub/sub location `/ps/<channel>` (to publish over the
-    /// socket) instead of `/sub/<channel>`.
+    /// socket) instead of `/sub/<channel>`; sockudo: subscribe `private-<channel>`, where
+    /// client events may be sent.
     pub(crate) pubsub: bool,
     /// Bound on connecting + handshake + subscribing.
     pub(crate) timeout: Duration,
+    /// sockudo: the Pusher app whose key names the WebSocket path.
+    pub(crate) app: Arc<pusher::App>,
 }
 
 impl SubscribeSpec {
@@ -83,6 +90,8 @@ pub(crate) enum Subscriber {
     NchanSse(nchan::SseSession),
     /// nchan over long-poll.
     NchanPoll(nchan::PollSession),
+    /// sockudo over WebSocket (Pusher protocol 7).
+    SockudoWs(Box<sockudo::WsSession>),
 }
 
 impl Subscriber {
@@ -115,6 +124,13 @@ impl Subscriber {
                 (Target::Nchan, Transport::Longpoll) => {
                     Subscriber::NchanPoll(nchan::PollSession::connect(spec, http).await?)
                 }
+                (Target::Sockudo, Transport::Ws) => {
+                    let app = spec.app.clone();
+                    Subscriber::SockudoWs(Box::new(sockudo::WsSession::connect(spec, &app).await?))
+                }
+                (Target::Sockudo, _) => {
+                    bail!("sockudo is measured over WebSocket only (--transport ws)")
+                }
             })
         };
         tokio::time::timeout(timeout, fut).await?
@@ -129,6 +145,7 @@ impl Subscriber {
             Subscriber::NchanWs(s) => s.next(out).await,
             Subscriber::NchanSse(s) => s.next(out).await,
             Subscriber::NchanPoll(s) => s.next(out).await,
+            Subscriber::SockudoWs(s) => s.next(out).await,
         }
     }
 
@@ -138,6 +155,7 @@ impl Subscriber {
         match self {
             Subscriber::HeraldWs(s) => s.publish(channel, data).await,
             Subscriber::NchanWs(s) => s.publish(Box::<str>::from(data).into_string()).await,
+            Subscriber::SockudoWs(s) => s.publish(channel, data.get()).await,
             _ => bail!("only WebSocket connections publish over their own socket"),
         }
     }
@@ -164,6 +182,7 @@ impl Subscriber {
             match self {
                 Subscriber::HeraldWs(s) => (*s).close().await,
                 Subscriber::NchanWs(s) => (*s).close().await,
+                Subscriber::SockudoWs(s) => (*s).close().await,
                 _ => {}
             }
         };

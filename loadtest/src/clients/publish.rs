@@ -1,10 +1,14 @@
-//! Publishing over HTTP: Herald's `POST /api/publish` and nchan's `POST /pub/<channel>`.
+//! Publishing over HTTP: Herald's `POST /api/publish`, nchan's `POST /pub/<channel>` and
+//! sockudo's signed Pusher `POST /apps/<id>/events`.
+
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use herald_protocol::client::PublishBody;
 use serde_json::value::RawValue;
 
 use super::herald::urlencode;
+use super::pusher::{self, App};
 use crate::cli::Target;
 use crate::errors::Failure;
 use crate::net::Endpoint;
@@ -18,15 +22,23 @@ pub(crate) struct HttpPublisher {
     target: Target,
     /// Where to publish.
     endpoint: Endpoint,
+    /// sockudo: the app publishes are signed for.
+    app: Arc<App>,
 }
 
 impl HttpPublisher {
-    /// A publisher against `endpoint`.
-    pub(crate) fn new(http: reqwest::Client, target: Target, endpoint: Endpoint) -> Self {
+    /// A publisher against `endpoint` (`app` signs sockudo's requests).
+    pub(crate) fn new(
+        http: reqwest::Client,
+        target: Target,
+        endpoint: Endpoint,
+        app: Arc<App>,
+    ) -> Self {
         Self {
             http,
             target,
             endpoint,
+            app,
         }
     }
 
@@ -47,6 +59,22 @@ impl HttpPublisher {
                 )
                 .header("Content-Type", "application/json")
                 .body(Box::<str>::from(data).into_string()),
+            Target::Sockudo => {
+                // Signed per request: the timestamp must stay within 600 s of the server's.
+                let path = format!("/apps/{}/events", self.app.id);
+                let body = pusher::event_body(channel, data.get());
+                let query = pusher::signed_query(
+                    &self.app,
+                    "POST",
+                    &path,
+                    body.as_bytes(),
+                    pusher::unix_now()?,
+                );
+                self.http
+                    .post(self.endpoint.http_url(&format!("{path}?{query}")))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+            }
         };
         let resp = req.send().await.context("publish request")?;
         let status = resp.status();

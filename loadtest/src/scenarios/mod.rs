@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CommonArgs, Scenario};
+use crate::cli::{CommonArgs, Scenario, Target};
 use crate::clients::http::HttpClients;
-use crate::clients::SubscribeSpec;
+use crate::clients::{pusher, SubscribeSpec};
 use crate::errors::ErrorCounts;
 use crate::net::{Endpoint, SourceAddrs};
 use crate::progress::Counters;
@@ -56,6 +56,8 @@ pub(crate) struct RunContext {
     pub(crate) connect_latency: LatencyRecorder,
     /// Channel names are `prefix` + `c<i>`.
     pub(crate) prefix: String,
+    /// sockudo's app credentials (unused by the other targets).
+    pub(crate) app: Arc<pusher::App>,
     /// Cancelled when the run ends: every connection task returns.
     pub(crate) cancel: CancellationToken,
 }
@@ -77,10 +79,21 @@ impl RunContext {
         let sources = SourceAddrs::loopback(args.source_ips)?;
         let http = HttpClients::new(&sources)?;
         let shards = available_cores() * 4;
+        // Pusher channel names allow `[A-Za-z0-9_\-=@,.;]` only: no `:` for sockudo.
+        let sep = if args.target == Target::Sockudo {
+            '-'
+        } else {
+            ':'
+        };
         let prefix = args
             .channel_prefix
             .clone()
-            .unwrap_or_else(|| format!("bench:{:08x}-", rand::random::<u32>()));
+            .unwrap_or_else(|| format!("bench{sep}{:08x}-", rand::random::<u32>()));
+        let app = Arc::new(pusher::App {
+            id: args.sockudo_app_id.clone(),
+            key: args.sockudo_app_key.clone(),
+            secret: args.sockudo_app_secret.clone(),
+        });
         Ok(Self {
             args,
             endpoints,
@@ -96,6 +109,7 @@ impl RunContext {
             cross_edge: LatencyRecorder::new(shards),
             connect_latency: LatencyRecorder::new(shards),
             prefix,
+            app,
             cancel: CancellationToken::new(),
         })
     }
@@ -122,6 +136,7 @@ impl RunContext {
             since: Vec::new(),
             pubsub: false,
             timeout: self.args.connect_timeout,
+            app: self.app.clone(),
         }
     }
 

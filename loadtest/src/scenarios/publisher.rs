@@ -33,7 +33,12 @@ pub(crate) async fn publish_schedule(
     let rate = ctx.args.rate.max(1e-3);
     let channels = channels.max(1);
     let http = ctx.http.for_conn(usize::MAX).clone();
-    let publisher = HttpPublisher::new(http, ctx.args.target, ctx.publish_endpoint.clone());
+    let publisher = HttpPublisher::new(
+        http,
+        ctx.args.target,
+        ctx.publish_endpoint.clone(),
+        ctx.app.clone(),
+    );
     // One sequential worker per channel, fed through a bounded queue: a full queue makes
     // the schedule wait, and the wait is measured because stamps carry the due time.
     let (queues, workers): (Vec<_>, Vec<_>) = (0..channels)

@@ -49,6 +49,9 @@ pub(crate) struct Inbox {
     /// Rooms: this connection's edge and the number of edges, for same/cross-edge latency
     /// (sender `s` sits on edge `s % edges`).
     edges: Option<(usize, usize)>,
+    /// A sender whose stream this connection is not sent (its own, where the server never
+    /// echoes a publisher: Pusher client events); neither expected nor counted as lost.
+    not_echoed: Option<u32>,
 }
 
 impl Inbox {
@@ -59,7 +62,15 @@ impl Inbox {
             channels,
             trackers: HashMap::new(),
             edges,
+            not_echoed: None,
         }
+    }
+
+    /// Expects nothing from `sender` (this connection's own stream, on a server that does
+    /// not echo a publisher's messages back to it).
+    pub(crate) fn without_echo_of(mut self, sender: u32) -> Self {
+        self.not_echoed = Some(sender);
+        self
     }
 
     /// Records latency and sequence of each delivery, and empties `batch`.
@@ -91,9 +102,11 @@ impl Inbox {
         self.channels.iter().all(|ch| {
             finals.per_channel.get(ch).map_or(true, |streams| {
                 streams.iter().all(|f| {
-                    self.trackers
-                        .get(&(*ch, f.sender))
-                        .is_some_and(|t| t.is_complete(f.sent))
+                    Some(f.sender) == self.not_echoed
+                        || self
+                            .trackers
+                            .get(&(*ch, f.sender))
+                            .is_some_and(|t| t.is_complete(f.sent))
                         || f.sent == f.failed.len() as u64
                 })
             })
@@ -105,7 +118,8 @@ impl Inbox {
         let empty = SeqTracker::default();
         for ch in &self.channels {
             let mut sum = SeqSummary::default();
-            for f in finals.per_channel.get(ch).into_iter().flatten() {
+            let expected = finals.per_channel.get(ch).into_iter().flatten();
+            for f in expected.filter(|f| Some(f.sender) != self.not_echoed) {
                 let t = self.trackers.get(&(*ch, f.sender)).unwrap_or(&empty);
                 sum.add(&t.finish(f.sent, &f.failed));
             }

@@ -1,8 +1,11 @@
 //! rooms: `--connections` members in rooms of `--room-size` (member `i` is in room
 //! `i / room_size` and on edge `i % K`, so rooms mix edges). Every member publishes
 //! `--rate` msgs/s on its room over its own WebSocket (Herald `op:publish`; nchan's pub/sub
-//! location `/ps/<room>`) and receives everything its room publishes, its own messages
-//! included. With several `--url`s, latency is split into same-edge and cross-edge.
+//! location `/ps/<room>`; sockudo: a `client-` event on `private-<room>`) and receives
+//! everything its room publishes, its own messages included -- except on sockudo, which
+//! never echoes a client event to its sender (Pusher semantics), so there a member expects
+//! only the others' messages. With several `--url`s, latency is split into same-edge and
+//! cross-edge.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -153,6 +156,9 @@ async fn member(
     let name = ctx.channel_name(room);
     let edges = ctx.endpoints.len();
     let mut inbox = Inbox::new(i, vec![room], Some((ctx.edge_of(i), edges)));
+    if ctx.args.target == Target::Sockudo {
+        inbox = inbox.without_echo_of(i as u32);
+    }
     let mut go_rx = shared.go.clone();
     let rate = ctx.args.rate.max(1e-3);
     // Members start evenly spread over one period, so the room is not a burst.
