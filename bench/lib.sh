@@ -45,6 +45,17 @@ pin() {
     fi
 }
 
+# default_pinning: on a machine with 2+ cores, servers on CPUs 0..n-2 and the loadtest on the
+# last one, unless SERVER_CPUS / LOADTEST_CPUS are set (empty = no pinning).
+default_pinning() {
+    local ncpu
+    ncpu=$(nproc)
+    if [[ $ncpu -ge 2 ]]; then
+        SERVER_CPUS="${SERVER_CPUS-0-$((ncpu - 2))}"
+        LOADTEST_CPUS="${LOADTEST_CPUS-$((ncpu - 1))}"
+    fi
+}
+
 # start_redis NAME: starts redis-server on a free port; sets REDIS_PORT, REDIS_PID.
 start_redis() {
     local name="$1" dir="$RUN_DIR/$1"

@@ -34,11 +34,7 @@ THRESHOLD="${THRESHOLD:-1.10}"
 FANOUT_ARGS="${FANOUT_ARGS:---connections 1000 --rate 40}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-5000}"
 CONNECT_RATE="${CONNECT_RATE:-500}"
-NCPU=$(nproc)
-if [[ $NCPU -ge 2 ]]; then
-    SERVER_CPUS="${SERVER_CPUS-0-$((NCPU - 2))}"
-    LOADTEST_CPUS="${LOADTEST_CPUS-$((NCPU - 1))}"
-fi
+default_pinning
 export SERVER_CPUS
 WORK="$RUN_DIR/regress"
 OUT="$WORK/$(date +%Y%m%d-%H%M%S)"

@@ -40,11 +40,7 @@ source "$(dirname "$0")/lib.sh"
 SCENARIO="$1"; shift
 REPEATS="${REPEATS:-3}"
 TARGETS="${TARGETS:-herald nchan}"
-NCPU=$(nproc)
-if [[ $NCPU -ge 2 ]]; then
-    SERVER_CPUS="${SERVER_CPUS-0-$((NCPU - 2))}"
-    LOADTEST_CPUS="${LOADTEST_CPUS-$((NCPU - 1))}"
-fi
+default_pinning
 export SERVER_CPUS LOADTEST_CPUS # HERALD_CLUSTER_CMD (bench/herald-cluster.sh) pins with them
 TAG="${TAG:-$SCENARIO-$(date +%Y%m%d-%H%M%S)}"
 OUT="$RUN_DIR/results/$TAG"
@@ -169,7 +165,7 @@ if [[ $TARGETS == *sockudo* ]]; then
 fi
 {
     echo "scenario=$SCENARIO args=$* repeats=$REPEATS"
-    echo "pinned: servers to CPUs '${SERVER_CPUS:-none}', loadtest to CPUs '${LOADTEST_CPUS:-none}' (of $NCPU)"
+    echo "pinned: servers to CPUs '${SERVER_CPUS:-none}', loadtest to CPUs '${LOADTEST_CPUS:-none}' (of $(nproc))"
     echo "herald=${HERALD_URLS:-} nchan=${NCHAN_URL:-} sockudo=${SOCKUDO_URLS:-} (nodes ${SOCKUDO_NODES:-1})"
     echo "herald_bin=$HERALD_BIN loadtest=$LOADTEST commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null)"
     echo "cluster=${HERALD_CLUSTER_CMD:-single edge} edges=${HERALD_CLUSTER_EDGES:-3} edge_cpus=${EDGE_CPUS-${SERVER_CPUS:-}} infra_cpus=${INFRA_CPUS-${SERVER_CPUS:-}}"

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use herald_protocol::client::{self, PollReply, ServerFrame};
 use herald_protocol::{ErrorCode, StreamPosition};
 use serde_json::value::RawValue;
@@ -101,17 +101,7 @@ impl WsSession {
 
     /// Reads the next text frame; an error when the socket closes.
     async fn read_text(&mut self) -> Result<Utf8Bytes> {
-        loop {
-            match self.ws.next().await {
-                None => bail!(Failure::Closed(None)),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Text(t))) => return Ok(t),
-                Some(Ok(Message::Close(f))) => {
-                    bail!(Failure::Closed(f.map(|f| u16::from(f.code))))
-                }
-                Some(Ok(_)) => continue,
-            }
-        }
+        super::read_text(&mut self.ws).await
     }
 
     /// Applies one frame: messages go to `out`, replies update the session.

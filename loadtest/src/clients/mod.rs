@@ -189,3 +189,23 @@ impl Subscriber {
         let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
     }
 }
+
+/// Reads the next text frame of a WebSocket client (Herald's or sockudo's), skipping pings and
+/// binary frames; an error naming the close code when the socket closes.
+pub(crate) async fn read_text(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await {
+            None => bail!(crate::errors::Failure::Closed(None)),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Message::Text(t))) => return Ok(t),
+            Some(Ok(Message::Close(f))) => {
+                bail!(crate::errors::Failure::Closed(f.map(|f| u16::from(f.code))))
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}

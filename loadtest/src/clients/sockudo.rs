@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 
 use anyhow::{bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -89,17 +89,7 @@ impl WsSession {
 
     /// Reads the next text frame; an error when the socket closes.
     async fn read_text(&mut self) -> Result<Utf8Bytes> {
-        loop {
-            match self.ws.next().await {
-                None => bail!(Failure::Closed(None)),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Message::Text(t))) => return Ok(t),
-                Some(Ok(Message::Close(f))) => {
-                    bail!(Failure::Closed(f.map(|f| u16::from(f.code))))
-                }
-                Some(Ok(_)) => continue,
-            }
-        }
+        super::read_text(&mut self.ws).await
     }
 
     /// Applies one frame: events go to `out`, pings set `pong_due`, errors end the session.
@@ -167,6 +157,8 @@ impl WsSession {
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
+
+    use futures_util::StreamExt as _;
 
     use super::*;
     use crate::net::Endpoint;
