@@ -110,7 +110,8 @@ impl Subscriptions {
         self.channels.remove(channel).is_some()
     }
 
-    /// Checks a live publication; pushes what to write into `out`.
+    /// Checks a live publication; pushes what to write into `out`. The gap fills it may need are
+    /// boxed: they are rare, and inline they would size every idle connection's future.
     pub(crate) async fn on_live(
         &mut self,
         node: &Node,
@@ -138,7 +139,7 @@ impl Subscriptions {
                 offset: pos.last,
             };
             let channel = p.channel.clone();
-            self.fill_gap(node, &channel, since, p.offset, out).await;
+            Box::pin(self.fill_gap(node, &channel, since, p.offset, out)).await;
             let Some(pos) = self.channels.get_mut(&*p.channel) else {
                 return;
             };
@@ -163,7 +164,7 @@ impl Subscriptions {
                 offset: pos.last,
             };
             let channel = p.channel.clone();
-            self.fill_gap(node, &channel, since, p.offset, out).await;
+            Box::pin(self.fill_gap(node, &channel, since, p.offset, out)).await;
             let pos = self
                 .channels
                 .get_mut(&*p.channel)
@@ -189,7 +190,7 @@ impl Subscriptions {
                 epoch: pos.epoch.to_string(),
                 offset: pos.last,
             };
-            self.fill_gap(node, &channel, since, u64::MAX, out).await;
+            Box::pin(self.fill_gap(node, &channel, since, u64::MAX, out)).await;
         }
     }
 

@@ -51,7 +51,11 @@ pub(crate) struct WsParams {
     token: Option<String>,
 }
 
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// A server WebSocket. Boxed: the stream (about 900 bytes with tungstenite's state) would otherwise be stored again
+/// in every async layer it passes through (the upgrade task, the session closure, the session),
+/// since a moved-from local keeps its place in an async state machine; each idle socket paid
+/// for those copies (issue 15: heaptrack showed ~6.4 KiB per WebSocket task).
+pub(crate) type Socket = Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// What the upgrade decided before the socket exists.
 enum Admission {
@@ -86,8 +90,11 @@ pub(crate) async fn upgrade(
     accept(&node, &mut req, &key, move |mut socket| async move {
         let opened = match admission {
             Admission::Ready(options, slot) => Ok((*options, slot)),
+            // Boxed, as every rarely taken await below: a task's future is as large as its
+            // largest state, and every idle socket would pay for this one (token verification,
+            // JWKS, proxy hooks) for its whole life.
             Admission::AwaitConnect(options, slot) => {
-                await_connect(&task_node, &mut socket, *options, slot).await
+                Box::pin(await_connect(&task_node, &mut socket, *options, slot)).await
             }
             Admission::Refused(code) => Err(code),
         };
@@ -96,7 +103,7 @@ pub(crate) async fn upgrade(
         });
         match opened {
             Ok(conn) => run(socket, conn).await,
-            Err(code) => refuse(&task_node, &mut socket, code).await,
+            Err(code) => Box::pin(refuse(&task_node, &mut socket, code)).await,
         }
     })
 }
@@ -149,9 +156,10 @@ where
                 return;
             }
         };
-        let socket =
+        let socket = Box::new(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+                .await,
+        );
         session(socket).await;
     });
     Response::builder()
@@ -322,7 +330,10 @@ struct Session {
     stalled: bool,
 }
 
-async fn run(socket: Socket, conn: Connection) {
+/// The session's future. Not an `async fn`: the session is built here, before the future
+/// exists, so the socket and the connection are stored once in it rather than once as
+/// arguments and again in the session (see [`Socket`]).
+fn run(socket: Socket, conn: Connection) -> impl std::future::Future<Output = ()> + Send {
     let node = conn.node().clone();
     let span = tracing::info_span!("conn", client = %conn.client(), transport = "ws", node = %node.config.node_id);
     let mut session = Session {
@@ -334,10 +345,12 @@ async fn run(socket: Socket, conn: Connection) {
         events: Vec::new(),
         stalled: false,
     };
-    let code = tracing::Instrument::instrument(session.serve(), span.clone()).await;
-    tracing::debug!(parent: &span, code = code.code(), "websocket closed");
-    node.metrics.disconnect(code);
-    // Dropping the session drops the connection: it leaves its channels and frees its slot.
+    async move {
+        let code = tracing::Instrument::instrument(session.serve(), span.clone()).await;
+        tracing::debug!(parent: &span, code = code.code(), "websocket closed");
+        node.metrics.disconnect(code);
+        // Dropping the session drops the connection: it leaves its channels and frees its slot.
+    }
 }
 
 enum Flow {
@@ -364,7 +377,7 @@ impl Session {
         if self.send_text(welcome).await.is_err() {
             return CloseCode::Normal;
         }
-        if let Err(flow) = self.subscribe_granted().await {
+        if let Err(flow) = Box::pin(self.subscribe_granted()).await {
             match flow {
                 Flow::Close(code) => return code,
                 _ => return CloseCode::Normal,
@@ -378,16 +391,18 @@ impl Session {
                 biased;
                 _ = closing.cancelled() => Flow::Close(self.conn.close_code()),
                 _ = crate::transport::sleep_until(deadline) => Flow::Close(CloseCode::TokenExpired),
-                msg = self.socket.next() => self.on_inbound(msg).await,
+                // Boxed (a client command: subscribe with recovery, history, publish...) so that
+                // the session's future, alive as long as the socket, stays small (see `upgrade`).
+                msg = self.socket.next() => Box::pin(self.on_inbound(msg)).await,
                 item = self.conn.recv() => match item {
                     Some(item) => self.on_outbound(item).await,
                     None => Flow::Close(CloseCode::Internal),
                 },
                 // When nothing else is ready: the next page of a channel still catching up.
                 _ = std::future::ready(()), if self.conn.is_catching_up() => {
-                    self.on_catch_up().await
+                    Box::pin(self.on_catch_up()).await
                 }
-                _ = ticker.tick() => self.on_tick().await,
+                _ = ticker.tick() => Box::pin(self.on_tick()).await,
                 _ = pong_deadline(self.ping_sent, timeout) => Flow::Close(CloseCode::HeartbeatTimeout),
             };
             match flow {
@@ -408,7 +423,7 @@ impl Session {
                     CloseCode::SlowConsumer => timeout.min(SLOW_CLOSE),
                     _ => timeout,
                 };
-                let _ = tokio::time::timeout(limit, close(&mut self.socket, code)).await;
+                let _ = Box::pin(tokio::time::timeout(limit, close(&mut self.socket, code))).await;
                 code
             }
             None if self.stalled => CloseCode::SlowConsumer,
