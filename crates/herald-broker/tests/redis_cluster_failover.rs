@@ -518,3 +518,43 @@ async fn failover_under_traffic(failure: Failure) {
             .collect::<Vec<_>>(),
     );
 }
+
+/// Channel churn on a cluster: each `SUNSUBSCRIBE` is confirmed with the same `sunsubscribe`
+/// push Redis sends when a slot moves. A channel subscribed again before its confirmation came
+/// must not be taken for a moved slot (that would heal the whole connection, flap readiness and
+/// resync every reader). A client controls this churn, so it must cost nothing of the kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_churn_is_not_taken_for_a_moved_slot() {
+    let cluster = start_cluster();
+    let node = broker(&cluster, "churn").await;
+    let publisher = broker(&cluster, "pub").await;
+    let node_dyn: Arc<dyn Broker> = node.clone();
+    let mut sink = attach(&node_dyn);
+    let channels: Vec<String> = (0..8).map(|i| format!("churn:{i}")).collect();
+    for round in 0..150 {
+        for channel in &channels {
+            node.subscribe(channel).await.unwrap();
+        }
+        for channel in &channels {
+            node.unsubscribe(channel).await.unwrap();
+        }
+        // Let the unsubscriber's tick (10 ms) send some `SUNSUBSCRIBE`s just before the
+        // channels come back.
+        tokio::time::sleep(Duration::from_millis(1 + round % 13)).await;
+    }
+    node.subscribe(&channels[0]).await.unwrap();
+    // Drain the confirmations of the last round, then check nothing was healed.
+    let position = publisher
+        .publish(request(&channels[0], json("\"after\""), keep(10)))
+        .await
+        .unwrap();
+    loop {
+        match sink.next().await {
+            BrokerEvent::Publication(p) if p.offset == position.offset => break,
+            BrokerEvent::Resync => panic!("churn caused a resync"),
+            _ => {}
+        }
+    }
+    assert_eq!(node.reconnects(), 0, "churn healed the connection");
+    assert!(node.is_healthy());
+}

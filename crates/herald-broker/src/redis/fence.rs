@@ -108,7 +108,7 @@ impl Fence {
         mark: &Mark,
         force: bool,
     ) -> Result<bool, BrokerError> {
-        let answer: Vec<redis::Value> = commands
+        let answer: Vec<i64> = commands
             .run("fence", |mut con| async move {
                 self.script
                     .key(keys.meta(channel))
@@ -122,14 +122,7 @@ impl Fence {
                     .await
             })
             .await?;
-        let int = |i: usize| match answer.get(i) {
-            Some(redis::Value::Int(n)) => *n,
-            Some(redis::Value::BulkString(b)) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(-1),
-            _ => -1,
-        };
+        let int = |i: usize| answer.get(i).copied().unwrap_or(-1);
         let started = int(0) == 1;
         if started {
             self.count();

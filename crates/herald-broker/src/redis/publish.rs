@@ -2,9 +2,6 @@
 
 use herald_protocol::StreamPosition;
 
-use std::sync::Arc;
-
-use super::subscriptions::Mark;
 use super::{codec, RedisBroker};
 use crate::{new_epoch, BrokerError, Payload, PublishRequest};
 
@@ -58,12 +55,7 @@ impl RedisBroker {
                 "channel offset went back in redis (failover or restore): publish started a new epoch"
             );
         }
-        let mark = Mark {
-            epoch: Arc::from(epoch.as_str()),
-            offset,
-            ts_ms,
-        };
-        self.pubsub.subs.note_acked(channel, &mark);
+        self.pubsub.subs.note_acked(channel, &epoch, offset, ts_ms);
         Ok(StreamPosition { epoch, offset })
     }
 

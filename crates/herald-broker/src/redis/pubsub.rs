@@ -78,6 +78,12 @@ pub(crate) struct PubSub {
     /// The sink of a connection a healing one replaced, kept alive (its stream still
     /// delivers) until the supervisor swaps streams.
     retired: Mutex<Option<Sink>>,
+    /// Cluster topics this node asked to `SUNSUBSCRIBE` whose confirmation has not come yet:
+    /// Redis confirms with the same `sunsubscribe` push it sends when a slot moves, and a
+    /// channel subscribed again meanwhile must not be mistaken for a moved slot (channel churn
+    /// would otherwise heal the whole connection). Entries leave with their confirmation, and
+    /// all of them with the connection they were sent on.
+    unsubscribing: Mutex<std::collections::HashMap<String, u32>>,
     healthy: AtomicBool,
     reconnects: AtomicU64,
     started: Instant,
@@ -111,6 +117,7 @@ impl PubSub {
             fence: Fence::new(),
             probe_topics: Mutex::new(Vec::new()),
             retired: Mutex::new(None),
+            unsubscribing: Mutex::new(Default::default()),
             healthy: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             started: Instant::now(),
@@ -253,6 +260,12 @@ impl PubSub {
         };
         for batch in due.chunks(self.config.subscribe_batch) {
             let topics: Vec<String> = batch.iter().map(|c| self.keys.topic(c)).collect();
+            if self.client.is_cluster() {
+                let mut pending = self.unsubscribing.lock().expect("unsubscribing lock");
+                for topic in &topics {
+                    *pending.entry(topic.clone()).or_default() += 1;
+                }
+            }
             let sent =
                 tokio::time::timeout(self.config.command_timeout, sink.unsubscribe(&topics)).await;
             match sent {
@@ -279,6 +292,10 @@ impl PubSub {
                 Ended::Cancelled => return,
                 Ended::Lost(why) => warn!(cause = why, "redis pub/sub connection lost"),
             }
+            self.unsubscribing
+                .lock()
+                .expect("unsubscribing lock")
+                .clear();
             stream = match self.reconnect(&commands, &cancel).await {
                 Some(stream) => stream,
                 None => return,
@@ -359,7 +376,8 @@ impl PubSub {
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
                 message = stream.next() => match message {
-                    Some(Delivery::Unsubscribed(topic)) if !self.holds(&topic) => {}
+                    Some(Delivery::Unsubscribed(topic))
+                        if self.confirms_own_unsubscribe(&topic) || !self.holds(&topic) => {}
                     Some(lost @ (Delivery::ShardLost | Delivery::Unsubscribed(_))) => {
                         match lost {
                             Delivery::Unsubscribed(topic) => warn!(topic, "redis cluster dropped a shard channel (slot moved): resubscribing"),
@@ -383,6 +401,7 @@ impl PubSub {
                     // the live marks restart rather than call that a regression.
                     *stream = healed;
                     self.retired.lock().expect("retired lock").take();
+                    self.unsubscribing.lock().expect("unsubscribing lock").clear();
                     self.subs.forget_live_marks();
                     self.inbox.push(Inbound::Resync);
                     if std::mem::take(&mut again) {
@@ -412,6 +431,22 @@ impl PubSub {
                     pending = Some(self.send_probe(commands));
                 }
             }
+        }
+    }
+
+    /// Whether a `sunsubscribe` push of `topic` confirms this node's own `SUNSUBSCRIBE` (and
+    /// takes that expectation off the list).
+    fn confirms_own_unsubscribe(&self, topic: &str) -> bool {
+        let mut pending = self.unsubscribing.lock().expect("unsubscribing lock");
+        match pending.get_mut(topic) {
+            Some(count) => {
+                *count -= 1;
+                if *count == 0 {
+                    pending.remove(topic);
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -527,7 +562,7 @@ impl PubSub {
                         offset: publication.offset,
                         ts_ms: publication.ts_ms,
                     };
-                    match self.subs.note_live(&channel, mark).1 {
+                    match self.subs.note_live(&channel, mark) {
                         Live::Next => self.emit(BrokerEvent::Publication(publication)),
                         Live::Gone => {}
                         Live::Regressed(newest) => {

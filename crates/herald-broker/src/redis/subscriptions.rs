@@ -191,35 +191,44 @@ impl Subscriptions {
     }
 
     /// Records a live publication at `mark` on `channel` and says whether it goes to the edge.
-    pub(crate) fn note_live(&self, channel: &str, mark: Mark) -> (Option<Arc<str>>, Live) {
+    pub(crate) fn note_live(&self, channel: &str, mark: Mark) -> Live {
         let mut table = self.lock();
-        let Some(name) = table
-            .channels
-            .get_key_value(channel)
-            .map(|(n, _)| n.clone())
-        else {
-            return (None, Live::Gone);
+        let Some(entry) = table.channels.get_mut(channel) else {
+            return Live::Gone;
         };
-        let entry = table.channels.get_mut(channel).expect("just found");
         if let Some(last) = &entry.live {
             if last.epoch == mark.epoch && mark.offset <= last.offset {
                 let newest = entry.seen.clone().unwrap_or_else(|| last.clone());
-                return (Some(name), Live::Regressed(newest));
+                return Live::Regressed(newest);
             }
         }
         raise(&mut entry.seen, &mark);
         entry.live = Some(mark);
         if entry.refs == 0 {
-            return (None, Live::Gone);
+            return Live::Gone;
         }
-        (Some(name), Live::Next)
+        Live::Next
     }
 
-    /// Records this node's acknowledged publish at `mark` (channels in the table only).
-    pub(crate) fn note_acked(&self, channel: &str, mark: &Mark) {
-        if let Some(entry) = self.lock().channels.get_mut(channel) {
-            raise(&mut entry.seen, mark);
-        }
+    /// Records this node's acknowledged publish at (`epoch`, `offset`, `ts_ms`), for channels in
+    /// the table only; the epoch is copied only when the mark moves to another one.
+    pub(crate) fn note_acked(&self, channel: &str, epoch: &str, offset: u64, ts_ms: u64) {
+        let mut table = self.lock();
+        let Some(entry) = table.channels.get_mut(channel) else {
+            return;
+        };
+        let epoch = match &entry.seen {
+            Some(old) if &*old.epoch == epoch => old.epoch.clone(),
+            _ => Arc::from(epoch),
+        };
+        raise(
+            &mut entry.seen,
+            &Mark {
+                epoch,
+                offset,
+                ts_ms,
+            },
+        );
     }
 
     /// The newest position seen on `channel`, if it is in the table.
@@ -320,34 +329,34 @@ mod tests {
     fn live_offsets_that_go_back_are_a_regression() {
         let s = Subscriptions::default();
         assert_eq!(
-            s.note_live("a", mark("e", 1)).1,
+            s.note_live("a", mark("e", 1)),
             Live::Gone,
             "not in the table"
         );
         s.acquire("a");
-        assert_eq!(s.note_live("a", mark("e", 1)).1, Live::Next);
-        assert_eq!(s.note_live("a", mark("e", 2)).1, Live::Next);
+        assert_eq!(s.note_live("a", mark("e", 1)), Live::Next);
+        assert_eq!(s.note_live("a", mark("e", 2)), Live::Next);
         // An acknowledged publish may run ahead of its own live delivery: not a regression.
-        s.note_acked("a", &mark("e", 4));
-        assert_eq!(s.note_live("a", mark("e", 3)).1, Live::Next);
+        s.note_acked("a", "e", 4, 40);
+        assert_eq!(s.note_live("a", mark("e", 3)), Live::Next);
         assert_eq!(s.seen("a"), Some(mark("e", 4)));
         // The same epoch again at 3: Redis went back. The newest seen is reported.
         assert_eq!(
-            s.note_live("a", mark("e", 3)).1,
+            s.note_live("a", mark("e", 3)),
             Live::Regressed(mark("e", 4))
         );
         assert_eq!(
-            s.note_live("a", mark("e", 1)).1,
+            s.note_live("a", mark("e", 1)),
             Live::Regressed(mark("e", 4))
         );
         // A new epoch is a new generation, not a regression.
-        assert_eq!(s.note_live("a", mark("f", 1)).1, Live::Next);
+        assert_eq!(s.note_live("a", mark("f", 1)), Live::Next);
         assert_eq!(s.seen("a"), Some(mark("f", 1)));
         assert_eq!(s.marks().len(), 1);
         s.forget_marks("a", "f");
         assert!(s.seen("a").is_none());
         // Marks are the entry's: gone with it.
-        s.note_acked("b", &mark("e", 1));
+        s.note_acked("b", "e", 1, 10);
         assert!(s.seen("b").is_none(), "only channels in the table");
         s.release("a");
         s.take_idle(Duration::ZERO);

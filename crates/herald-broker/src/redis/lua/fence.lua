@@ -8,8 +8,8 @@
 -- any channel still in that epoch regressed.
 -- Regressed when the channel is in that epoch and its newest offset is below the seen one,
 -- or the message at the seen offset (the newest, or still in the stream) has another time.
--- Returns {1, newest offset, newest's time} when it started a new epoch (what Redis held, for
--- the log), {0} otherwise. Creates nothing for a channel without
+-- Returns {1, newest offset, newest's time or -1} when it started a new epoch (what Redis held,
+-- for the log), {0} otherwise. Creates nothing for a channel without
 -- meta (no epoch: the next publish starts one anyway).
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch or epoch ~= ARGV[1] then
@@ -35,7 +35,7 @@ end
 if not regressed then
   return {0}
 end
-local t = redis.call('HGET', KEYS[1], 't') or ''
+local t = tonumber(redis.call('HGET', KEYS[1], 't') or '') or -1
 redis.call('HSET', KEYS[1], 'e', ARGV[4], 'o', 0)
 redis.call('HDEL', KEYS[1], 't')
 redis.call('DEL', KEYS[2])
