@@ -110,29 +110,25 @@ impl RedisCluster {
 
     /// Polls every node until it reports `cluster_state:ok` and knows all 16384 slots.
     fn wait_ready(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            // Every node knows all slots, and sees every replica attached to its master with
-            // the replication link up (a failover test needs a replica that is in sync).
-            let ready = self.nodes.iter().all(|n| {
-                let info = cli(n.port(), &["CLUSTER", "INFO"]);
-                let nodes = cli(n.port(), &["CLUSTER", "NODES"]);
-                let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
-                let role = cli(n.port(), &["INFO", "replication"]);
-                info.contains("cluster_state:ok")
-                    && info.contains("cluster_slots_assigned:16384")
-                    && replicas == MASTERS
-                    && (role.contains("role:master") || role.contains("master_link_status:up"))
-            });
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis cluster not ready within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // Every node knows all slots, and sees every replica attached to its master with the
+        // replication link up (a failover test needs a replica that is in sync).
+        poll_until(
+            "redis cluster ready",
+            within,
+            Duration::from_millis(100),
+            || {
+                self.nodes.iter().all(|n| {
+                    let info = cli(n.port(), &["CLUSTER", "INFO"]);
+                    let nodes = cli(n.port(), &["CLUSTER", "NODES"]);
+                    let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
+                    let role = cli(n.port(), &["INFO", "replication"]);
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_assigned:16384")
+                        && replicas == MASTERS
+                        && (role.contains("role:master") || role.contains("master_link_status:up"))
+                })
+            },
+        );
     }
 
     /// `host:port` of every node (masters and replicas), the seed list for a client.
@@ -159,26 +155,10 @@ impl RedisCluster {
 
     /// The masters' slot ranges, one `(first, last)` list per master, from `CLUSTER NODES`.
     pub fn master_slot_ranges(&self) -> Vec<Vec<(u16, u16)>> {
-        let text = cli(self.nodes[0].port(), &["CLUSTER", "NODES"]);
-        let mut masters = Vec::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].split(',').any(|f| f == "master") {
-                continue;
-            }
-            let ranges: Vec<(u16, u16)> = fields[8..]
-                .iter()
-                .filter(|f| !f.starts_with('['))
-                .filter_map(|f| match f.split_once('-') {
-                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
-                    None => f.parse().ok().map(|s| (s, s)),
-                })
-                .collect();
-            if !ranges.is_empty() {
-                masters.push(ranges);
-            }
-        }
-        masters
+        masters(&cli(self.nodes[0].port(), &["CLUSTER", "NODES"]))
+            .into_iter()
+            .map(|(_, _, ranges)| ranges)
+            .collect()
     }
 }
 
@@ -225,12 +205,12 @@ impl RedisCluster {
     /// Waits (at most `within`) until node `index`'s replication offset reaches its master's,
     /// i.e. the replica holds every write the master acknowledged so far.
     pub fn wait_replica_synced(&self, index: usize, within: Duration) {
-        let deadline = Instant::now() + within;
         let field = |text: &str, name: &str| -> Option<u64> {
             text.lines()
                 .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.parse().ok())
         };
-        loop {
+        let what = format!("replica {index} in sync with its master");
+        poll_until(&what, within, Duration::from_millis(20), || {
             let info = self.cli(index, &["INFO", "replication"]);
             let host = field(&info, "master_port").expect("a replica knows its master's port");
             let master = self
@@ -242,38 +222,22 @@ impl RedisCluster {
                 &self.cli(master, &["INFO", "replication"]),
                 "master_repl_offset",
             );
-            let have = field(&info, "slave_repl_offset");
-            if wanted.is_some() && wanted == have {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {index} not in sync within {within:?}: {have:?} of {wanted:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            wanted.is_some() && wanted == field(&info, "slave_repl_offset")
+        });
     }
 
     /// Waits (at most `within`) until every running node sees `slot` served by node `index`
     /// as master and reports `cluster_state:ok`.
     pub fn wait_master(&self, slot: u16, index: usize, within: Duration) {
-        let deadline = Instant::now() + within;
         let id = cli(self.nodes[index].port(), &["CLUSTER", "MYID"]);
-        loop {
-            let agreed = self.nodes.iter().enumerate().all(|(i, n)| {
+        let what = format!("slot {slot} served by node {index} everywhere");
+        poll_until(&what, within, Duration::from_millis(50), || {
+            self.nodes.iter().enumerate().all(|(i, n)| {
                 !n.is_running()
                     || (cli(n.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
                         && self.master_as_seen_by(i, slot).as_deref() == Some(id.trim()))
-            });
-            if agreed {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "slot {slot} not served by node {index} everywhere within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            })
+        });
     }
 
     /// The id of the master owning `slot`, as node `viewer` sees it.
@@ -309,20 +273,44 @@ impl RedisCluster {
 /// From `CLUSTER NODES` output, the `(id, address)` of the master owning `slot`, if any
 /// (a master flagged `fail` still counts: the caller compares ids).
 fn owner(text: &str, slot: u16) -> Option<(String, String)> {
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 9 || !fields[2].split(',').any(|f| f == "master") {
-            return None;
-        }
-        let owns = fields[8..].iter().any(|range| match range.split_once('-') {
-            Some((a, b)) => matches!(
-                (a.parse::<u16>(), b.parse::<u16>()),
-                (Ok(a), Ok(b)) if (a..=b).contains(&slot)
-            ),
-            None => range.parse::<u16>() == Ok(slot),
-        });
-        owns.then(|| (fields[0].to_string(), fields[1].to_string()))
-    })
+    masters(text)
+        .into_iter()
+        .find(|(_, _, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .map(|(id, address, _)| (id, address))
+}
+
+/// A master as `CLUSTER NODES` lists it: id, `ip:port@bus` address, slot ranges.
+type Master = (String, String, Vec<(u16, u16)>);
+
+/// From `CLUSTER NODES` output, every master with slots (importing/migrating markers `[...]`
+/// left out).
+fn masters(text: &str) -> Vec<Master> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].split(',').any(|f| f == "master") {
+                return None;
+            }
+            let ranges: Vec<(u16, u16)> = fields[8..]
+                .iter()
+                .filter(|f| !f.starts_with('['))
+                .filter_map(|f| match f.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => f.parse().ok().map(|s| (s, s)),
+                })
+                .collect();
+            (!ranges.is_empty()).then(|| (fields[0].to_string(), fields[1].to_string(), ranges))
+        })
+        .collect()
+}
+
+/// Polls `done` every `every` until it holds; panics with `what` after `within`.
+fn poll_until(what: &str, within: Duration, every: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(every);
+    }
 }
 
 /// Runs `redis-cli -p <port> <args>` and returns its output (empty when it failed).
