@@ -20,6 +20,18 @@
 //! The peer address reaches handlers as axum's `ConnectInfo<SocketAddr>`. Shutdown stops
 //! accepting and lets open HTTP exchanges finish (hyper's graceful shutdown); upgraded
 //! WebSockets are owned by their sessions and drain on the node's token.
+//!
+//! **Taking a response off hyper** ([`Takeover`], [`detachable`]): an endless response (an SSE
+//! stream) would keep hyper's whole HTTP/1 connection alive under it — a 16 KiB read buffer,
+//! an 8 KiB header write buffer and the connection future, about 24 KiB per idle stream, where
+//! the stream itself needs a few hundred bytes. So hyper reads and writes the socket through a
+//! shared slot, and a body wrapped by [`detachable`] lets hyper write the response head, waits
+//! until hyper has flushed it (its buffer is then empty: nothing of an earlier response on the
+//! connection can be lost), takes the socket out of the slot and writes the rest of the body
+//! itself, in HTTP/1.1 chunked encoding, on a task of its own. hyper's connection then ends
+//! (its body "failed") and frees its buffers. What the detached writer bounds: one chunk in
+//! flight (the body's own batch), the same write timeout; a client that sends anything after
+//! its request (a pipelined request behind an endless stream) or closes is disconnected.
 
 use std::io;
 use std::pin::Pin;
@@ -28,16 +40,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::metrics::{Limit, Metrics};
@@ -98,13 +114,15 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let mut timed = TimeoutStream::new(tcp);
         timed.set_write_timeout(Some(limits.write_timeout));
-        let io = TokioIo::new(Counted {
+        let shared = Arc::new(Slot::new(Counted {
             inner: Box::pin(timed),
             metrics: metrics.clone(),
-        });
+        }));
+        let io = TokioIo::new(SharedIo(shared.clone()));
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(Takeover(shared.clone()));
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
         let conn = graceful.watch(
@@ -129,6 +147,228 @@ struct SocketSlot(Arc<AtomicUsize>);
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The socket of one HTTP connection: hyper reads and writes it through [`SharedIo`] until a
+/// [`detachable`] body takes it out.
+struct Slot(std::sync::Mutex<SlotState>);
+
+struct SlotState {
+    /// None once taken over.
+    io: Option<Counted>,
+    /// Bytes were written since the last completed flush (or hyper holds a response head it
+    /// has not written yet): not the moment to take the socket.
+    dirty: bool,
+}
+
+impl Slot {
+    fn new(io: Counted) -> Self {
+        Self(std::sync::Mutex::new(SlotState {
+            io: Some(io),
+            dirty: false,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// hyper's side of a [`Slot`]. Once the socket is taken: reads see EOF, writes fail.
+struct SharedIo(Arc<Slot>);
+
+impl SharedIo {
+    fn with<T>(
+        &self,
+        gone: io::Result<T>,
+        op: impl FnOnce(Pin<&mut Counted>, &mut bool) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let mut state = self.0.lock();
+        let SlotState { io, dirty } = &mut *state;
+        match io {
+            Some(io) => op(Pin::new(io), dirty),
+            None => Poll::Ready(gone),
+        }
+    }
+}
+
+fn taken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "socket taken over by a detached response",
+    )
+}
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.with(Ok(()), |io, _| io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.with(Err(taken()), |io, dirty| {
+            let r = io.poll_write(cx, buf);
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                *dirty = true;
+            }
+            r
+        })
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.with(Err(taken()), |io, dirty| {
+            let r = io.poll_write_vectored(cx, bufs);
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                *dirty = true;
+            }
+            r
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true // TcpStream's, through TimeoutStream and Counted
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(Ok(()), |io, dirty| {
+            let r = io.poll_flush(cx);
+            if matches!(r, Poll::Ready(Ok(()))) {
+                *dirty = false;
+            }
+            r
+        })
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(Ok(()), |io, _| io.poll_shutdown(cx))
+    }
+}
+
+/// A request's handle on its connection's socket (a request extension set by the listener;
+/// absent when the router is served some other way, e.g. in tests).
+#[derive(Clone)]
+pub(crate) struct Takeover(Arc<Slot>);
+
+/// Wraps an endless response body (an SSE stream) so that, once hyper has written and flushed
+/// the response head, the body is written by a task of its own on `tracker` and hyper's
+/// connection is let go. Only for HTTP/1.1 responses without a length (hyper then writes
+/// `transfer-encoding: chunked`, which the detached writer continues); without a `takeover`
+/// the body is returned as it is.
+pub(crate) fn detachable(body: Body, takeover: Option<Takeover>, tracker: &TaskTracker) -> Body {
+    match takeover {
+        Some(Takeover(slot)) => Body::new(Detachable {
+            inner: Some(body),
+            slot,
+            armed: false,
+            tracker: tracker.clone(),
+        }),
+        None => body,
+    }
+}
+
+struct Detachable {
+    inner: Option<Body>,
+    slot: Arc<Slot>,
+    /// The first poll happened (hyper has the head in its buffer then).
+    armed: bool,
+    tracker: TaskTracker,
+}
+
+impl hyper::body::Body for Detachable {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if !this.armed {
+            // hyper polls the body right after putting the head in its write buffer, before
+            // writing it: say so, and come back after its flush (woken now: its loop flushes,
+            // then polls the body again).
+            this.armed = true;
+            this.slot.lock().dirty = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let io = {
+            let mut state = this.slot.lock();
+            if state.dirty {
+                return Poll::Pending; // hyper is still flushing: it polls again when done
+            }
+            state.io.take()
+        };
+        let (Some(io), Some(body)) = (io, this.inner.take()) else {
+            return Poll::Ready(Some(Err(axum::Error::new(taken()))));
+        };
+        this.tracker.spawn(write_detached(io, body));
+        // hyper's connection ends here (a "failed" body) and frees its buffers; the socket is
+        // no longer in its slot, so it writes nothing more.
+        Poll::Ready(Some(Err(axum::Error::new(taken()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Writes `body` on `io` in HTTP/1.1 chunks, after hyper wrote the head; ends with the last
+/// chunk when the body ends, or at once when the client closes, sends anything, or a write
+/// fails (including the write timeout).
+async fn write_detached(mut io: Counted, mut body: Body) {
+    let mut scratch = [0u8; 16];
+    loop {
+        let data = tokio::select! {
+            biased;
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue, // trailers: none on SSE
+                },
+                Some(Err(_)) | None => break,
+            },
+            // EOF, an error, or bytes after the request (nothing may follow an endless
+            // response): the stream is over.
+            _ = io.read(&mut scratch) => return,
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let mut chunk = Vec::with_capacity(data.len() + 20);
+        {
+            use std::io::Write as _;
+            let _ = write!(chunk, "{:x}\r\n", data.len());
+        }
+        chunk.extend_from_slice(&data);
+        chunk.extend_from_slice(b"\r\n");
+        drop(data);
+        if io.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    if io.write_all(b"0\r\n\r\n").await.is_ok() {
+        let _ = io.shutdown().await;
     }
 }
 

@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::{sse, Cursor};
 
 use crate::connection::{Connection, ConnectionOptions, Event};
 use crate::error::EdgeError;
+use crate::listener::{self, Takeover};
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::transport::request::{self, StreamRequest};
@@ -38,13 +40,20 @@ pub(crate) async fn handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    version: Version,
+    takeover: Option<Extension<Takeover>>,
     headers: HeaderMap,
 ) -> Response {
+    // HTTP/1.1: the stream is written off hyper once its head is out (see `listener`), which
+    // keeps an idle stream at a few KiB; HTTP/1.0 (no chunked encoding) stays with hyper.
+    let takeover = takeover
+        .map(|Extension(t)| t)
+        .filter(|_| version == Version::HTTP_11);
     // One span per connection; `client` is recorded once the connection is admitted, and the
     // stream keeps the span for the life of the response body.
     let span = tracing::info_span!("conn", client = tracing::field::Empty, transport = "sse",
         node = %node.config.node_id);
-    let opened = open(node.clone(), query, headers, peer);
+    let opened = open(node.clone(), query, headers, peer, takeover);
     match tracing::Instrument::instrument(opened, span).await {
         Ok(r) => r,
         Err(e) => {
@@ -59,6 +68,7 @@ async fn open(
     query: Option<String>,
     headers: HeaderMap,
     peer: SocketAddr,
+    takeover: Option<Takeover>,
 ) -> Result<Response, EdgeError> {
     let mut req = request::read(&node, query.as_deref(), &headers, Some(peer))?;
     if let Some(last) = headers.get("last-event-id") {
@@ -106,7 +116,11 @@ async fn open(
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
+        .body(listener::detachable(
+            Body::from_stream(body),
+            takeover,
+            &node.tracker,
+        ))
         .expect("sse response"))
 }
 
