@@ -474,11 +474,12 @@ impl Connection {
         let mut emits: Vec<Emit> = Vec::new();
         match item {
             Outbound::Publication(d) => self.subs.on_live(&self.node, d, &mut emits).await,
-            Outbound::Event(kind, text) => {
+            Outbound::Event(event) => {
+                let (kind, ref text) = *event;
                 if kind == EventKind::Broadcast {
                     self.delivered += 1;
                 }
-                out.push(Event::Notice(kind, text));
+                out.push(Event::Notice(kind, text.clone()));
             }
             Outbound::Resync => self.subs.resync(&self.node, &mut emits).await,
         }

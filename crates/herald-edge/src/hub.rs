@@ -149,11 +149,17 @@ impl EventKind {
 pub(crate) enum Outbound {
     /// A publication on a subscribed channel.
     Publication(Arc<Delivery>),
-    /// Join, leave or broadcast, already encoded as JSON text.
-    Event(EventKind, Utf8Bytes),
+    /// Join, leave or broadcast, already encoded as JSON text; one allocation shared by every
+    /// queue it goes to. Behind an `Arc` so that `Outbound` is two words: every connection's
+    /// queue allocates a block of 32 items up front, which is 1.3 KiB per idle connection
+    /// with the event inline (40 bytes an item) and 0.5 KiB with it shared.
+    Event(Arc<(EventKind, Utf8Bytes)>),
     /// The broker lost and regained its subscription: check history for gaps.
     Resync,
 }
+
+// Kept at two words (see `Outbound::Event`).
+const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
 
 impl Outbound {
     /// What the item is taken to cost in memory while queued: its payload or text plus a fixed
@@ -163,7 +169,7 @@ impl Outbound {
         OVERHEAD
             + match self {
                 Outbound::Publication(d) => d.publication.payload.len(),
-                Outbound::Event(_, text) => text.len(),
+                Outbound::Event(event) => event.1.len(),
                 Outbound::Resync => 0,
             }
     }
@@ -556,7 +562,8 @@ impl Hub {
             channel,
             entry,
         ));
-        self.fan_out(channel, |_| Some(Outbound::Event(kind, text.clone())));
+        let event = Arc::new((kind, text));
+        self.fan_out(channel, |_| Some(Outbound::Event(event.clone())));
     }
 
     fn to_everyone(&self, item: Outbound) {
@@ -603,7 +610,10 @@ impl BrokerEvents for Hub {
                         herald_protocol::frame::encode_broadcast(&raw)
                     }
                 };
-                self.to_everyone(Outbound::Event(EventKind::Broadcast, Utf8Bytes::from(data)));
+                self.to_everyone(Outbound::Event(Arc::new((
+                    EventKind::Broadcast,
+                    Utf8Bytes::from(data),
+                ))));
             }
             BrokerEvent::Resync => self.to_everyone(Outbound::Resync),
         }

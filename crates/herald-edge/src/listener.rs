@@ -178,7 +178,7 @@ impl Slot {
 }
 
 /// hyper's side of a [`Slot`]. Once the socket is taken: reads see EOF, writes fail.
-struct SharedIo(Arc<Slot>);
+pub(crate) struct SharedIo(Arc<Slot>);
 
 impl SharedIo {
     fn with<T>(
@@ -372,8 +372,108 @@ async fn write_detached(mut io: Counted, mut body: Body) {
     }
 }
 
+/// The socket of an upgraded connection (a WebSocket), as its session reads and writes it.
+/// Straight on the listener's socket when the upgrade came through [`serve`] (hyper's
+/// `Upgraded` box, its rewind buffer and the shared slot are left behind: one less indirection
+/// and lock per read and write), else hyper's `Upgraded`.
+pub(crate) enum UpgradedIo {
+    /// The listener's own socket.
+    Direct(Counted),
+    /// Anything else hyper upgraded.
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+    /// A slot already emptied: reads end, writes fail.
+    Gone(SharedIo),
+}
+
+impl UpgradedIo {
+    /// The socket of `upgraded`, and the bytes the client sent after its request that hyper
+    /// already read (to be handed to the WebSocket before the socket's own), copied: hyper's
+    /// `Bytes` is a view of its whole read buffer (16 KiB), which must not live on with the
+    /// socket.
+    pub(crate) fn from_upgraded(upgraded: hyper::upgrade::Upgraded) -> (Self, Vec<u8>) {
+        // hyper-util's auto builder wraps the socket in a private rewind type: its `downcast`
+        // unwraps that too.
+        match auto::upgrade::downcast::<TokioIo<SharedIo>>(upgraded) {
+            Ok(parts) => {
+                let taken = parts.io.inner().0.lock().io.take();
+                match taken {
+                    Some(io) => (UpgradedIo::Direct(io), parts.read_buf.to_vec()),
+                    // Not reachable: only a detached body empties the slot, and an upgraded
+                    // connection has none. The empty slot reads as a closed socket.
+                    None => (UpgradedIo::Gone(parts.io.into_inner()), Vec::new()),
+                }
+            }
+            Err(upgraded) => (UpgradedIo::Hyper(TokioIo::new(upgraded)), Vec::new()),
+        }
+    }
+}
+
+impl AsyncRead for UpgradedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Direct(io) => Pin::new(io).poll_read(cx, buf),
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_read(cx, buf),
+            UpgradedIo::Gone(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpgradedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpgradedIo::Direct(io) => Pin::new(io).poll_write(cx, buf),
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_write(cx, buf),
+            UpgradedIo::Gone(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpgradedIo::Direct(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpgradedIo::Gone(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpgradedIo::Direct(io) => io.is_write_vectored(),
+            UpgradedIo::Hyper(io) => io.is_write_vectored(),
+            UpgradedIo::Gone(_) => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Direct(io) => Pin::new(io).poll_flush(cx),
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_flush(cx),
+            UpgradedIo::Gone(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Direct(io) => Pin::new(io).poll_shutdown(cx),
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_shutdown(cx),
+            UpgradedIo::Gone(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A socket whose write timeouts are counted.
-struct Counted {
+pub(crate) struct Counted {
     inner: Pin<Box<TimeoutStream<tokio::net::TcpStream>>>,
     metrics: Arc<Metrics>,
 }

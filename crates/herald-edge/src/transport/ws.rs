@@ -17,11 +17,11 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::future::Either;
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use herald_broker::Payload;
 use herald_protocol::frame::{self, ClientFrame, HistoryReply};
 use herald_protocol::{CloseCode, ProtocolError};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -55,7 +55,7 @@ pub(crate) struct WsParams {
 /// in every async layer it passes through (the upgrade task, the session closure, the session),
 /// since a moved-from local keeps its place in an async state machine; each idle socket paid
 /// for those copies (issue 15: heaptrack showed ~6.4 KiB per WebSocket task).
-pub(crate) type Socket = Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+pub(crate) type Socket = Box<WebSocketStream<crate::listener::UpgradedIo>>;
 
 /// What the upgrade decided before the socket exists.
 enum Admission {
@@ -87,24 +87,36 @@ pub(crate) async fn upgrade(
         Err(e) => Admission::Refused(e.close_code()),
     };
     let task_node = node.clone();
-    accept(&node, &mut req, &key, move |mut socket| async move {
-        let opened = match admission {
-            Admission::Ready(options, slot) => Ok((*options, slot)),
-            // Boxed, as every rarely taken await below: a task's future is as large as its
-            // largest state, and every idle socket would pay for this one (token verification,
-            // JWKS, proxy hooks) for its whole life.
-            Admission::AwaitConnect(options, slot) => {
-                Box::pin(await_connect(&task_node, &mut socket, *options, slot)).await
+    accept(&node, &mut req, &key, move |mut socket| {
+        let opening = async move {
+            let opened = match admission {
+                Admission::Ready(options, slot) => Ok((*options, slot)),
+                // Boxed, as every rarely taken await below: a task's future is as large as its
+                // largest state, and every idle socket would pay for this one (token
+                // verification, JWKS, proxy hooks) for its whole life.
+                Admission::AwaitConnect(options, slot) => {
+                    Box::pin(await_connect(&task_node, &mut socket, *options, slot)).await
+                }
+                Admission::Refused(code) => Err(code),
+            };
+            match opened.and_then(|(options, slot)| {
+                Connection::open_admitted(&task_node, slot, options).map_err(|e| e.close_code())
+            }) {
+                Ok(conn) => Ok((socket, conn)),
+                Err(code) => Err((task_node, socket, code)),
             }
-            Admission::Refused(code) => Err(code),
         };
-        let opened = opened.and_then(|(options, slot)| {
-            Connection::open_admitted(&task_node, slot, options).map_err(|e| e.close_code())
-        });
-        match opened {
-            Ok(conn) => run(socket, conn).await,
-            Err(code) => Box::pin(refuse(&task_node, &mut socket, code)).await,
-        }
+        // `then`, not one async block: its two stages share their storage, where an async
+        // block would keep the dead `Result<Connection, _>` (656 bytes) beside the session's
+        // future for the socket's whole life.
+        opening.then(|opened| match opened {
+            Ok((socket, conn)) => Either::Left(run(socket, conn)),
+            Err((node, mut socket, code)) => {
+                Either::Right(Box::pin(
+                    async move { refuse(&node, &mut socket, code).await },
+                ))
+            }
+        })
     })
 }
 
@@ -156,10 +168,14 @@ where
                 return;
             }
         };
-        let socket = Box::new(
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await,
-        );
+        // Straight on the listener's socket (see `listener::UpgradedIo`); bytes the client
+        // sent right behind its request (an early first frame) are read first.
+        let (io, early) = crate::listener::UpgradedIo::from_upgraded(upgraded);
+        let socket = Box::new(if early.is_empty() {
+            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+        } else {
+            WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await
+        });
         session(socket).await;
     });
     Response::builder()
