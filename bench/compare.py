@@ -33,6 +33,8 @@ METRICS = [
     ("disconnected", ("results", "extra", "storm", "disconnected"), False),
     ("never reconnected", ("results", "extra", "storm", "never_reconnected"), False),
     ("not recovered", ("results", "extra", "storm", "not_recovered"), False),
+    ("reconnected 99% s", ("results", "extra", "storm", "time_to_reconnect", "p99_secs"), False),
+    ("reconnected 100% s", ("results", "extra", "storm", "time_to_reconnect", "p100_secs"), False),
     ("resumed 95% s", ("results", "extra", "storm", "time_to_resume", "p95_secs"), False),
     ("resumed 99% s", ("results", "extra", "storm", "time_to_resume", "p99_secs"), False),
     ("resumed 100% s", ("results", "extra", "storm", "time_to_resume", "p100_secs"), False),

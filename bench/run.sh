@@ -29,6 +29,11 @@
 #   FRESH=1              restart the servers before every run (idle: per-connection memory)
 #   BEFORE_EACH='cmd'    shell command run (from the repo root) before every run, e.g.
 #                        'bench/herald-cluster.sh restore' to restart an edge a storm killed
+#   URL_ORDER="1 2 1 3"  pass each target's URLs in this order (1-based, repeats allowed): the
+#                        storm puts half the clients on the first URL's node, which it kills
+#   PUBLISH_URL_INDEX=2  --publish-url = the target's URL number 2 (before URL_ORDER)
+#   every loadtest run sees BENCH_TARGET=<target> and BENCH_RUN_DIR in its environment, so a
+#   --kill-cmd can name the target's node (bench/kill-node.sh)
 #   TAG=name             results folder name (default: scenario-timestamp)
 #   STEPS="r1 r2 ..."    run the scenario once per --rate value; STOP_AT_LIMIT=1 (default) stops
 #                        stepping a target after the first step whose median p99 > LIMIT_MS (50)
@@ -141,14 +146,23 @@ run_one() {
         sockudo) urls="$SOCKUDO_URLS"; pids="$SOCKUDO_PIDS" ;;
         *) die "unknown target $target" ;;
     esac
-    for u in $urls; do args+=(--url "$u"); done
+    local list=($urls) u i
+    if [[ -n ${PUBLISH_URL_INDEX:-} ]]; then args+=(--publish-url "${list[PUBLISH_URL_INDEX - 1]}"); fi
+    if [[ -n ${URL_ORDER:-} ]]; then
+        for i in $URL_ORDER; do
+            [[ -n ${list[i - 1]:-} ]] || die "URL_ORDER names URL $i; $target has ${#list[@]}"
+            args+=(--url "${list[i - 1]}")
+        done
+    else
+        for u in "${list[@]}"; do args+=(--url "$u"); done
+    fi
     for p in $pids; do args+=(--server-pid "$p"); done
     [[ -n $rate ]] && args+=(--rate "$rate")
     local file="$OUT/$SCENARIO-$target${rate:+-r$rate}-$rep.json"
     if [[ -n ${BEFORE_EACH:-} ]]; then (cd "$REPO_DIR" && eval "$BEFORE_EACH") >&2 || log "BEFORE_EACH failed"; fi
     log "run $rep/$REPEATS $SCENARIO $target${rate:+ rate $rate} (load average $(cut -d' ' -f1 /proc/loadavg))"
     echo "$(date +%T) $(basename "$file") loadavg $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
-    run_pinned "${LOADTEST_CPUS:-}" "$LOADTEST" "$SCENARIO" --target "$target" "${args[@]}" "$@" --json --quiet \
+    BENCH_TARGET="$target" BENCH_RUN_DIR="$RUN_DIR" run_pinned "${LOADTEST_CPUS:-}" "$LOADTEST" "$SCENARIO" --target "$target" "${args[@]}" "$@" --json --quiet \
         >"$file" 2>"$file.log" || { log "loadtest failed, see $file.log"; return 1; }
 }
 run_pinned() { # like lib.sh's pin, without exec: the loadtest runs in the foreground

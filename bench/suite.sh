@@ -7,7 +7,8 @@
 #                                idle-10k idle-19k connect storm-kill storm-term   (default: all)
 #                                three-way (Herald / nchan / sockudo, not in the default list:
 #                                needs bench/sockudo/install.sh --build first): 3way-fanout-ws 3way-fanout-ws-direct
-#                                3way-idle-10k 3way-idle-19k 3way-connect 3way-rooms
+#                                3way-idle-10k 3way-idle-19k 3way-connect 3way-rooms 3way-storm
+#                                (3way-storm: Herald and sockudo only)
 # Results: bench/.run/results/<part>/ ; the table of each part is also in <part>/table.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,27 @@ storm() {
         bench/run.sh storm --connections "${STORM_N:-19000}" --ramp "${STORM_RAMP:-15s}" --source-ips 4 --rate 20 --channels 100 \
         --duration 20s --kill-after 5s --drain 10s --connect-timeout 30s --publish-url "${e[1]}" \
         --kill-cmd "kill -$sig \$(cat bench/.run/cluster/pids/edge1.pid)" | tee "$R/$name.table.txt" || true
+    bench/herald-cluster.sh down >/dev/null 2>&1 || true
+}
+
+# 3way-storm SIGNAL: Herald (3 edges, bench/herald-cluster.sh, direct) and sockudo (3 nodes, Redis
+# adapter, direct) in one run, the storm above for each: URLs [n1 n2 n1 n3], node 1 killed 5 s
+# in (bench/kill-node.sh picks the target's node 1), published through node 2. nchan is left
+# out: here it is one nginx worker, there is no second node to fail over to. Herald resumes
+# from its last positions; sockudo's clients (Pusher has no resume) lose what was published
+# while they were away, and the loadtest counts it. FRESH=1 gives sockudo three new nodes
+# before each run (the killed node restarted), BEFORE_EACH restores Herald's edge1.
+storm3() {
+    local sig="$1" env
+    env=$(HERALD_DIRECT=1 bench/herald-cluster.sh up | grep '^HERALD_')
+    eval "$env"
+    echo "=== 3way-storm: Herald $HERALD_EDGE_URLS and 3 sockudo nodes, kill -$sig node 1" >&2
+    TAG="3way-storm" TARGETS="herald sockudo" HERALD_CLUSTER_CMD= HERALD_URLS="$HERALD_EDGE_URLS" \
+        HERALD_PIDS="$HERALD_PIDS" SOCKUDO_NODES=3 SOCKUDO_DIRECT=1 FRESH=1 URL_ORDER="1 2 1 3" PUBLISH_URL_INDEX=2 \
+        BEFORE_EACH="bench/herald-cluster.sh restore" \
+        bench/run.sh storm --connections "${STORM_N:-19000}" --ramp "${STORM_RAMP:-15s}" --source-ips 4 --rate 20 --channels 100 \
+        --duration 20s --kill-after 5s --drain 10s --connect-timeout 30s \
+        --kill-cmd "bench/kill-node.sh $sig" | tee "$R/3way-storm.table.txt" || true
     bench/herald-cluster.sh down >/dev/null 2>&1 || true
 }
 
@@ -94,6 +116,7 @@ run_part() {
     3way-connect)
         part 3way-connect HERALD_CLUSTER_CMD= TARGETS="herald nchan sockudo" STEPS="500 1000 2000 4000" STOP_AT_LIMIT=0 -- \
             connect --duration 4s --source-ips 4 ;;
+    3way-storm) storm3 KILL ;;
     storm-kill) storm storm-kill KILL ;;
     storm-term) storm storm-term TERM ;;
     *) echo "unknown part $1" >&2; exit 2 ;;
