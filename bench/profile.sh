@@ -9,7 +9,10 @@
 #   edge-fanout-top.txt     top symbols by self time, and by DSO
 #   edge-fanout-run.txt     the loadtest's report of the profiled run
 #
-# usage: bench/profile.sh [herald-loadtest fanout flags]   (default: 1000 subscribers, 100 msg/s = 100k deliveries/s)
+# usage: bench/profile.sh [herald-loadtest flags]   (default: 1000 subscribers, 100 msg/s = 100k deliveries/s)
+#   SCENARIO=connect bench/profile.sh --rate 1000 --source-ips 4   the connect scenario instead
+#   (files edge-connect-*; the default args then are --rate 1000 --source-ips 4); the top file
+#   also lists the inclusive share of the frames that matter per connection (redis, hyper, ...)
 # needs: perf (Debian linux-perf); cargo install inferno (for the .folded and .svg)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -20,16 +23,23 @@ LOADTEST_CPUS="${LOADTEST_CPUS-1}"
 LOADTEST="${LOADTEST:-$REPO_DIR/target/release/herald-loadtest}"
 PATH="$HOME/.cargo/bin:$PATH"
 mkdir -p "$OUT" "$RUN_DIR/profile"
+SCENARIO="${SCENARIO:-fanout}"
 args=("$@")
-[[ ${#args[@]} -gt 0 ]] || args=(--connections 1000 --rate 100)
+if [[ ${#args[@]} -eq 0 ]]; then
+    case "$SCENARIO" in
+        fanout) args=(--connections 1000 --rate 100) ;;
+        *) args=(--rate 1000 --source-ips 4) ;;
+    esac
+fi
+NAME="edge-$SCENARIO"
 
 eval "$("$BENCH_DIR/herald-cluster.sh" up | grep -E '^HERALD_')"
 trap '"$BENCH_DIR/herald-cluster.sh" down >/dev/null 2>&1 || true' EXIT
 edge="${HERALD_EDGE_PIDS%% *}"
 pids=(); for p in $HERALD_PIDS; do pids+=(--server-pid "$p"); done
-log "edge pid $edge; loadtest: fanout ${args[*]} --duration $((SECS + 4))s"
-taskset -c "$LOADTEST_CPUS" "$LOADTEST" fanout --url "$HERALD_URLS" "${pids[@]}" "${args[@]}" \
-    --duration "$((SECS + 4))s" --quiet >"$OUT/edge-fanout-run.txt" 2>&1 &
+log "edge pid $edge; loadtest: $SCENARIO ${args[*]} --duration $((SECS + 4))s"
+taskset -c "$LOADTEST_CPUS" "$LOADTEST" "$SCENARIO" --url "$HERALD_URLS" "${pids[@]}" "${args[@]}" \
+    --duration "$((SECS + 4))s" --quiet >"$OUT/$NAME-run.txt" 2>&1 &
 lt=$!
 sleep 3 # connected and publishing
 DATA="$RUN_DIR/profile/perf.data"
@@ -42,17 +52,21 @@ report() { # report SORT LINES
 }
 {
     echo "# perf record -e cpu-clock -F 499 --call-graph dwarf -p <edge> -- sleep $SECS"
-    echo "# while: herald-loadtest fanout ${args[*]} (see edge-fanout-run.txt)"
+    echo "# while: herald-loadtest $SCENARIO ${args[*]} (see $NAME-run.txt)"
     echo "## by DSO (self time)"
     report dso 10
     echo "## top symbols (self time)"
     report dso,symbol 60
-} >"$OUT/edge-fanout-top.txt"
+    echo "## inclusive share of selected frames (children included)"
+    perf report -i "$DATA" --stdio --children -g none --sort symbol 2>/dev/null |
+        grep -E 'redis::|hyper::proto|tungstenite::handshake|Connection::subscribe|Connection::open|hub::Hub::|presence|identity::|axum::routing|tokio::net::tcp::listener|sys_accept|__sys_connect|tcp_v4_connect|do_sys_poll|sendto|__x64_sys_(write|sendto|recvfrom|read|epoll_wait|accept4|close)' |
+        sed -E 's/[[:space:]]+$//; s/  +/ /g' | cut -c1-200 | head -40 || true
+} >"$OUT/$NAME-top.txt"
 if command -v inferno-collapse-perf >/dev/null; then
-    perf script -i "$DATA" 2>/dev/null | inferno-collapse-perf | gzip -9 >"$OUT/edge-fanout.folded.gz"
+    perf script -i "$DATA" 2>/dev/null | inferno-collapse-perf | gzip -9 >"$OUT/$NAME.folded.gz"
     # frames narrower than 0.5 px are left out: keeps the SVG small
-    zcat "$OUT/edge-fanout.folded.gz" | inferno-flamegraph --minwidth 0.5 \
-        --title "herald edge under fan-out: ${args[*]}" >"$OUT/edge-fanout.svg"
-    python3 "$BENCH_DIR/profile_summary.py" "$OUT/edge-fanout.folded.gz" >"$OUT/edge-fanout-summary.txt"
+    zcat "$OUT/$NAME.folded.gz" | inferno-flamegraph --minwidth 0.5 \
+        --title "herald edge under $SCENARIO: ${args[*]}" >"$OUT/$NAME.svg"
+    python3 "$BENCH_DIR/profile_summary.py" "$OUT/$NAME.folded.gz" >"$OUT/$NAME-summary.txt"
 fi
-log "wrote $OUT/edge-fanout-{top.txt,run.txt,summary.txt,folded.gz,svg}"
+log "wrote $OUT/$NAME-{top.txt,run.txt,summary.txt,folded.gz,svg}"

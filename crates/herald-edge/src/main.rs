@@ -4,6 +4,14 @@ use clap::Parser as _;
 use herald_edge::config::{Cli, EdgeConfig};
 use herald_edge::Edge;
 
+/// mimalloc, not glibc's malloc: with glibc an edge holding 19.5k idle SSE streams measured
+/// 6 KiB per stream in some fresh runs and 11-16 KiB in others, the difference sitting in its
+/// per-thread arena heaps (each stream's transient HTTP buffers, freed once the stream is off
+/// hyper, left fragmented); with mimalloc every run measured 6.0-6.6 KiB (docs/BENCHMARKS.md,
+/// "Idle memory, round 2").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
 
