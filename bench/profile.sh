@@ -58,7 +58,7 @@ report() { # report SORT LINES
     echo "## top symbols (self time)"
     report dso,symbol 60
     echo "## inclusive share of selected frames (children included)"
-    perf report -i "$DATA" --stdio --children -g none --sort symbol 2>/dev/null |
+    perf report -i "$DATA" --stdio --children -g none --sort symbol --percent-limit 0.5 2>/dev/null |
         grep -E 'redis::|hyper::proto|tungstenite::handshake|Connection::subscribe|Connection::open|hub::Hub::|presence|identity::|axum::routing|tokio::net::tcp::listener|sys_accept|__sys_connect|tcp_v4_connect|do_sys_poll|sendto|__x64_sys_(write|sendto|recvfrom|read|epoll_wait|accept4|close)' |
         sed -E 's/[[:space:]]+$//; s/  +/ /g' | cut -c1-200 | head -40 || true
 } >"$OUT/$NAME-top.txt"
