@@ -426,7 +426,10 @@ class WebSocketTransport {
   request(frame, timeout = this.herald.options.requestTimeout) {
     return new Promise((resolve, reject) => {
       if (this.ws.readyState !== WebSocket.OPEN) {
-        reject(new HeraldError("not connected", { reason: "closed", temporary: true }));
+        // Closing (the server's close frame came, the close event not yet): nothing was sent.
+        const error = new HeraldError("not connected", { reason: "closed", temporary: true });
+        error.notSent = true;
+        reject(error);
         return;
       }
       const id = this.nextId++;
@@ -952,6 +955,7 @@ export class Herald {
     this._level = 0; // index into options.transports
     this._worked = -1; // the best transport level that has connected
     this._outbox = []; // publishes waiting for a connection
+    this._pubSeq = 0; // publish order, kept when a publish goes back into the outbox
     this._unsure = []; // publishes whose connection died before the ack
     this._token = null;
     this._tokenFresh = false;
@@ -1352,7 +1356,7 @@ export class Herald {
       if (this._outbox.length + this._unsure.length >= this.options.maxPendingPublishes) {
         return reject(new HeraldError("too many publishes waiting for a connection", { reason: "queue_full" }));
       }
-      const item = { channel, data, options, resolve, reject, key: dataKey(data), attempt: 0 };
+      const item = { channel, data, options, resolve, reject, key: dataKey(data), attempt: 0, seq: this._pubSeq++ };
       item.timer = setTimeout(() => this._expire(item), options.timeout || this.options.publishTimeout);
       this._outbox.push(item);
       this._flush();
@@ -1403,6 +1407,15 @@ export class Herald {
           if (item.done) return;
           if (this._closedByUser) {
             return this._settle(item, new HeraldError("closed before the acknowledgement; it may or may not have been published", { reason: "unknown_outcome" }));
+          }
+          if (error.notSent) {
+            // The socket was already closing (a drain's close frame had arrived): nothing went
+            // out. It waits for the next connection, in publish order, like any publish made
+            // while disconnected.
+            item.sent = false;
+            const at = this._outbox.findIndex((o) => o.seq > item.seq);
+            this._outbox.splice(at < 0 ? this._outbox.length : at, 0, item);
+            return;
           }
           if (error.moved) {
             // Refused (nothing published) by an edge that does not hold our stream: the proxy
