@@ -13,6 +13,8 @@
 #   REPEATS=3  DURATION=30s  THRESHOLD=1.10
 #   FANOUT_ARGS="--connections 1000 --rate 40"   (deliveries/s = connections x rate)
 #   IDLE_CONNECTIONS=5000                        CONNECT_RATE=500 (new WebSocket clients/s)
+#   (connect holds every socket it opens: CONNECT_RATE x DURATION must stay under the box's
+#   descriptor limit, ~19k here, or every connect run fails and is left out)
 #   NEW_BIN (default target/release/herald, built), BASE_BIN (default: BASE_REV built once into
 #   bench/.run/regress/herald-<sha>, from a detached worktree with its own target directory:
 #   the first build of a base is a full release build, minutes on 2 cores)
