@@ -52,6 +52,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_io_timeout::TimeoutStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -195,6 +196,14 @@ impl SharedIo {
     }
 }
 
+/// Marks the slot dirty when a write put bytes on the socket.
+fn note_written(r: Poll<io::Result<usize>>, dirty: &mut bool) -> Poll<io::Result<usize>> {
+    if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        *dirty = true;
+    }
+    r
+}
+
 fn taken() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
@@ -219,11 +228,7 @@ impl AsyncWrite for SharedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.with(Err(taken()), |io, dirty| {
-            let r = io.poll_write(cx, buf);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                *dirty = true;
-            }
-            r
+            note_written(io.poll_write(cx, buf), dirty)
         })
     }
 
@@ -233,11 +238,7 @@ impl AsyncWrite for SharedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.with(Err(taken()), |io, dirty| {
-            let r = io.poll_write_vectored(cx, bufs);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                *dirty = true;
-            }
-            r
+            note_written(io.poll_write_vectored(cx, bufs), dirty)
         })
     }
 
@@ -355,15 +356,17 @@ async fn write_detached(mut io: Counted, mut body: Body) {
         if data.is_empty() {
             continue;
         }
-        let mut chunk = Vec::with_capacity(data.len() + 20);
-        {
+        // Size line, data, CRLF in one vectored write (the data is not copied: it is the
+        // body's batch, often shared).
+        let mut size = [0u8; 18];
+        let n = {
             use std::io::Write as _;
-            let _ = write!(chunk, "{:x}\r\n", data.len());
-        }
-        chunk.extend_from_slice(&data);
-        chunk.extend_from_slice(b"\r\n");
-        drop(data);
-        if io.write_all(&chunk).await.is_err() {
+            let mut at = &mut size[..];
+            let _ = write!(at, "{:x}\r\n", data.len());
+            18 - at.len()
+        };
+        let mut chunk = bytes::Buf::chain(bytes::Buf::chain(&size[..n], data), &b"\r\n"[..]);
+        if io.write_all_buf(&mut chunk).await.is_err() {
             return;
         }
     }
@@ -372,103 +375,36 @@ async fn write_detached(mut io: Counted, mut body: Body) {
     }
 }
 
-/// The socket of an upgraded connection (a WebSocket), as its session reads and writes it.
-/// Straight on the listener's socket when the upgrade came through [`serve`] (hyper's
+/// The socket of an upgraded connection (a WebSocket), as its session reads and writes it:
+/// straight on the listener's socket when the upgrade came through [`serve`] (hyper's
 /// `Upgraded` box, its rewind buffer and the shared slot are left behind: one less indirection
-/// and lock per read and write), else hyper's `Upgraded`.
-pub(crate) enum UpgradedIo {
-    /// The listener's own socket.
-    Direct(Counted),
-    /// Anything else hyper upgraded.
-    Hyper(TokioIo<hyper::upgrade::Upgraded>),
-    /// A slot already emptied: reads end, writes fail.
-    Gone(SharedIo),
-}
+/// and lock per read and write), else hyper's `Upgraded` (or, not reachable, an emptied slot,
+/// which reads as closed).
+pub(crate) type UpgradedIo = Either<Counted, Either<TokioIo<hyper::upgrade::Upgraded>, SharedIo>>;
 
-impl UpgradedIo {
-    /// The socket of `upgraded`, and the bytes the client sent after its request that hyper
-    /// already read (to be handed to the WebSocket before the socket's own), copied: hyper's
-    /// `Bytes` is a view of its whole read buffer (16 KiB), which must not live on with the
-    /// socket.
-    pub(crate) fn from_upgraded(upgraded: hyper::upgrade::Upgraded) -> (Self, Vec<u8>) {
-        // hyper-util's auto builder wraps the socket in a private rewind type: its `downcast`
-        // unwraps that too.
-        match auto::upgrade::downcast::<TokioIo<SharedIo>>(upgraded) {
-            Ok(parts) => {
-                let taken = parts.io.inner().0.lock().io.take();
-                match taken {
-                    Some(io) => (UpgradedIo::Direct(io), parts.read_buf.to_vec()),
-                    // Not reachable: only a detached body empties the slot, and an upgraded
-                    // connection has none. The empty slot reads as a closed socket.
-                    None => (UpgradedIo::Gone(parts.io.into_inner()), Vec::new()),
-                }
+/// The socket of `upgraded`, and the bytes the client sent after its request that hyper already
+/// read (to be handed to the WebSocket before the socket's own), copied: hyper's `Bytes` is a
+/// view of its whole read buffer (16 KiB), which must not live on with the socket. Bounded by
+/// that buffer (`limits.max_header_bytes`).
+pub(crate) fn upgraded_io(upgraded: hyper::upgrade::Upgraded) -> (UpgradedIo, Vec<u8>) {
+    // hyper-util's auto builder wraps the socket in a private rewind type: its `downcast`
+    // unwraps that too.
+    match auto::upgrade::downcast::<TokioIo<SharedIo>>(upgraded) {
+        Ok(parts) => {
+            let taken = parts.io.inner().0.lock().io.take();
+            match taken {
+                Some(io) => (Either::Left(io), parts.read_buf.to_vec()),
+                // Only a detached body empties the slot, and an upgraded connection has none.
+                None => (
+                    Either::Right(Either::Right(parts.io.into_inner())),
+                    Vec::new(),
+                ),
             }
-            Err(upgraded) => (UpgradedIo::Hyper(TokioIo::new(upgraded)), Vec::new()),
         }
-    }
-}
-
-impl AsyncRead for UpgradedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpgradedIo::Direct(io) => Pin::new(io).poll_read(cx, buf),
-            UpgradedIo::Hyper(io) => Pin::new(io).poll_read(cx, buf),
-            UpgradedIo::Gone(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpgradedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpgradedIo::Direct(io) => Pin::new(io).poll_write(cx, buf),
-            UpgradedIo::Hyper(io) => Pin::new(io).poll_write(cx, buf),
-            UpgradedIo::Gone(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpgradedIo::Direct(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            UpgradedIo::Hyper(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            UpgradedIo::Gone(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpgradedIo::Direct(io) => io.is_write_vectored(),
-            UpgradedIo::Hyper(io) => io.is_write_vectored(),
-            UpgradedIo::Gone(_) => false,
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpgradedIo::Direct(io) => Pin::new(io).poll_flush(cx),
-            UpgradedIo::Hyper(io) => Pin::new(io).poll_flush(cx),
-            UpgradedIo::Gone(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpgradedIo::Direct(io) => Pin::new(io).poll_shutdown(cx),
-            UpgradedIo::Hyper(io) => Pin::new(io).poll_shutdown(cx),
-            UpgradedIo::Gone(io) => Pin::new(io).poll_shutdown(cx),
-        }
+        Err(upgraded) => (
+            Either::Right(Either::Left(TokioIo::new(upgraded))),
+            Vec::new(),
+        ),
     }
 }
 

@@ -33,6 +33,7 @@ use crate::connection::{Connection, ConnectionOptions, Event, RateCheck};
 use crate::error::EdgeError;
 use crate::hub::{Delivery, Outbound};
 use crate::identity::{self, IdentifyRequest, Identity, RequestContext};
+use crate::listener;
 use crate::metrics::Transport;
 use crate::node::{ConnectionSlot, Node};
 
@@ -55,7 +56,7 @@ pub(crate) struct WsParams {
 /// in every async layer it passes through (the upgrade task, the session closure, the session),
 /// since a moved-from local keeps its place in an async state machine; each idle socket paid
 /// for those copies (issue 15: heaptrack showed ~6.4 KiB per WebSocket task).
-pub(crate) type Socket = Box<WebSocketStream<crate::listener::UpgradedIo>>;
+pub(crate) type Socket = Box<WebSocketStream<listener::UpgradedIo>>;
 
 /// What the upgrade decided before the socket exists.
 enum Admission {
@@ -170,7 +171,7 @@ where
         };
         // Straight on the listener's socket (see `listener::UpgradedIo`); bytes the client
         // sent right behind its request (an early first frame) are read first.
-        let (io, early) = crate::listener::UpgradedIo::from_upgraded(upgraded);
+        let (io, early) = listener::upgraded_io(upgraded);
         let socket = Box::new(if early.is_empty() {
             WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
         } else {
