@@ -349,7 +349,16 @@ impl Connection {
         let name: Arc<str> = Arc::from(channel);
         self.joined.insert(name.clone());
         let recovered = match self.node.hub.subscribe(channel, &self.handle).await {
-            Ok(()) => self.node.recover(channel, since, *budget).await,
+            Ok(joined) => {
+                let known = joined.known.as_ref();
+                let recovered = self.node.recover(channel, since, known, *budget).await;
+                if let (Ok(r), None) = (&recovered, known) {
+                    if r.complete {
+                        self.node.hub.remember(channel, &joined, &r.position);
+                    }
+                }
+                recovered
+            }
             Err(err) => Err(err),
         };
         let recovered = match recovered {

@@ -19,14 +19,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_broker::{Broker, BrokerEvent, BrokerEvents, Payload, Publication};
 use herald_protocol::frame::MessageData;
-use herald_protocol::CloseCode;
+use herald_protocol::{CloseCode, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -263,6 +263,10 @@ struct ChannelEntry {
     subscribers: Vec<Arc<ConnHandle>>,
     /// Initialised once the broker subscription for this entry is live.
     ready: Arc<tokio::sync::OnceCell<()>>,
+    /// The channel's newest position as far as this edge knows, while the broker subscription
+    /// is live (see [`Joined::known`]): set by every live publication fanned out here and by a
+    /// complete history read made while the subscription was live; cleared by a resync.
+    newest: Mutex<Option<(Arc<str>, u64)>>,
     /// When the last subscriber left (None while anyone listens).
     idle_since: Option<Instant>,
     /// Whether the channel is in the hub's idle list (at most once).
@@ -291,6 +295,22 @@ pub struct Hub {
     /// it at most once (`ChannelEntry::queued`), so it is bounded by the number of channels
     /// however often a client subscribes and unsubscribes.
     idle: Mutex<VecDeque<(Arc<str>, Instant)>>,
+    /// Resyncs seen: a history read started before a resync must not fill a channel's
+    /// `newest` after it (see [`Hub::remember`]).
+    resyncs: AtomicU64,
+}
+
+/// A subscriber's place in a channel, from [`Hub::subscribe`].
+pub(crate) struct Joined {
+    /// The channel's newest position, when this edge knows it: the broker subscription was
+    /// already live when the subscriber was added, and the position is the last publication
+    /// fanned out here (or a complete history read made while live, with no resync since).
+    /// Every publication after it reaches the subscriber live (or, after a lost subscription,
+    /// the resync that makes it read history), because it was added under the same lock that
+    /// fan-out holds: a subscriber at this position needs no history read.
+    pub(crate) known: Option<StreamPosition>,
+    ready: Arc<tokio::sync::OnceCell<()>>,
+    resyncs: u64,
 }
 
 impl Hub {
@@ -313,6 +333,7 @@ impl Hub {
             queue_size,
             byte_budget,
             idle: Mutex::new(VecDeque::new()),
+            resyncs: AtomicU64::new(0),
         }
     }
 
@@ -383,13 +404,14 @@ impl Hub {
             .is_some_and(|e| e.subscribers.iter().any(|h| h.key == handle.key))
     }
 
-    /// Adds `handle` to `channel` and waits until the broker subscription is live.
+    /// Adds `handle` to `channel` and waits until the broker subscription is live; says what
+    /// the edge knows of the channel's position (see [`Joined::known`]).
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         channel: &str,
         handle: &Arc<ConnHandle>,
-    ) -> Result<(), EdgeError> {
-        let ready = {
+    ) -> Result<Joined, EdgeError> {
+        let (ready, known, resyncs) = {
             let mut shard = self.channel_shard(channel).write().expect("hub lock");
             let entry = match shard.get_mut(channel) {
                 Some(e) => e,
@@ -398,6 +420,7 @@ impl Hub {
                     shard.entry(Arc::from(channel)).or_insert(ChannelEntry {
                         subscribers: Vec::new(),
                         ready: Arc::new(tokio::sync::OnceCell::new()),
+                        newest: Mutex::new(None),
                         idle_since: None,
                         queued: false,
                     })
@@ -405,7 +428,21 @@ impl Hub {
             };
             entry.subscribers.push(handle.clone());
             entry.idle_since = None;
-            entry.ready.clone()
+            // Read under the write lock, with the subscriber added: no fan-out is in between.
+            let newest = entry.newest.lock().expect("newest lock");
+            let known = match &*newest {
+                Some((epoch, offset)) if entry.ready.initialized() => Some(StreamPosition {
+                    epoch: epoch.to_string(),
+                    offset: *offset,
+                }),
+                _ => None,
+            };
+            drop(newest);
+            (
+                entry.ready.clone(),
+                known,
+                self.resyncs.load(Ordering::Acquire),
+            )
         };
         self.metrics.subscriptions.inc();
         let result = ready
@@ -415,7 +452,43 @@ impl Hub {
             self.unsubscribe(channel, handle);
             return Err(err.into());
         }
-        Ok(())
+        Ok(Joined {
+            known,
+            ready,
+            resyncs,
+        })
+    }
+
+    /// Records `position`, the channel's newest as a history read after `joined` found it
+    /// (the read was made with the broker subscription live), unless the edge learnt a
+    /// position since — a live publication is never older than a read that raced it — or a
+    /// resync came in between (the read may predate a publication the subscription lost), or
+    /// the channel was released and made anew.
+    pub(crate) fn remember(&self, channel: &str, joined: &Joined, position: &StreamPosition) {
+        let shard = self.channel_shard(channel).read().expect("hub lock");
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        if !Arc::ptr_eq(&entry.ready, &joined.ready) {
+            return;
+        }
+        let mut newest = entry.newest.lock().expect("newest lock");
+        // Checked under the entry's lock: a resync counts first, then clears every entry.
+        if newest.is_none() && self.resyncs.load(Ordering::Acquire) == joined.resyncs {
+            *newest = Some((Arc::from(position.epoch.as_str()), position.offset));
+        }
+    }
+
+    /// Forgets every channel's known position (the broker lost and regained its
+    /// subscriptions: what it delivered may have gaps).
+    fn forget_positions(&self) {
+        self.resyncs.fetch_add(1, Ordering::AcqRel);
+        for shard in self.channels.iter() {
+            let shard = shard.read().expect("hub lock");
+            for entry in shard.values() {
+                *entry.newest.lock().expect("newest lock") = None;
+            }
+        }
     }
 
     /// Removes `handle` from `channel`; the broker is unsubscribed later if nobody returns.
@@ -585,13 +658,24 @@ impl BrokerEvents for Hub {
                     (Some(from), true) => Some(from.clone()),
                     _ => None,
                 };
-                let delivery = Arc::new(Delivery::new(publication));
-                self.fan_out(&channel, |h| {
-                    if skip.as_deref() == Some(&*h.client) {
-                        return None;
+                let shard = self.channel_shard(&channel).read().expect("hub lock");
+                let Some(entry) = shard.get(&*channel) else {
+                    return;
+                };
+                if entry.ready.initialized() {
+                    let mut newest = entry.newest.lock().expect("newest lock");
+                    let behind = matches!(&*newest,
+                        Some((epoch, offset)) if *epoch == publication.epoch && *offset >= publication.offset);
+                    if !behind {
+                        *newest = Some((publication.epoch.clone(), publication.offset));
                     }
-                    Some(Outbound::Publication(delivery.clone()))
-                });
+                }
+                let delivery = Arc::new(Delivery::new(publication));
+                for handle in &entry.subscribers {
+                    if skip.as_deref() != Some(&*handle.client) {
+                        handle.offer(Outbound::Publication(delivery.clone()), &self.metrics);
+                    }
+                }
             }
             BrokerEvent::Join { channel, entry } => {
                 self.presence_event(EventKind::Join, &channel, &entry)
@@ -615,7 +699,12 @@ impl BrokerEvents for Hub {
                     Utf8Bytes::from(data),
                 ))));
             }
-            BrokerEvent::Resync => self.to_everyone(Outbound::Resync),
+            BrokerEvent::Resync => {
+                // Forgotten before anyone hears of the resync: a subscriber that took a known
+                // position before this is a connection, and reads history on the resync.
+                self.forget_positions();
+                self.to_everyone(Outbound::Resync)
+            }
         }
     }
 }
@@ -676,5 +765,75 @@ mod tests {
         hub.unsubscribe("back", &conn);
         assert_eq!(hub.take_due().len(), 1);
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    async fn publish(hub: &Hub, channel: &str) -> StreamPosition {
+        hub.broker
+            .publish(herald_broker::PublishRequest {
+                channel: Arc::from(channel),
+                payload: Payload::Json(
+                    serde_json::value::RawValue::from_string("1".into()).unwrap(),
+                ),
+                from: None,
+                user: None,
+                skip_self: false,
+                history: herald_broker::HistoryOptions {
+                    size: 10,
+                    ttl: Duration::from_secs(60),
+                },
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_known_position_is_the_last_fanned_out_until_a_resync() {
+        let hub = hub(Duration::from_secs(3600));
+        let token = CancellationToken::new();
+        let (c1, _r1) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
+        let (c2, _r2) = hub.connect(Arc::from("c2"), None, Transport::Ws, &token);
+        let (c3, _r3) = hub.connect(Arc::from("c3"), None, Transport::Ws, &token);
+        let first = hub.subscribe("k", &c1).await.unwrap();
+        assert_eq!(first.known, None, "nothing fanned out, nothing read yet");
+        publish(&hub, "k").await;
+        let second = publish(&hub, "k").await;
+        let joined = hub.subscribe("k", &c2).await.unwrap();
+        assert_eq!(joined.known.as_ref(), Some(&second));
+        hub.on_event(BrokerEvent::Resync);
+        let after = hub.subscribe("k", &c3).await.unwrap();
+        assert_eq!(
+            after.known, None,
+            "a resync forgets: the subscription may have lost some"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_older_than_a_resync_or_a_live_publication_is_not_remembered() {
+        let hub = hub(Duration::from_secs(3600));
+        let token = CancellationToken::new();
+        let (c1, _r1) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
+        let (c2, _r2) = hub.connect(Arc::from("c2"), None, Transport::Ws, &token);
+        let (c3, _r3) = hub.connect(Arc::from("c3"), None, Transport::Ws, &token);
+        let (c4, _r4) = hub.connect(Arc::from("c4"), None, Transport::Ws, &token);
+        let read = StreamPosition {
+            epoch: String::new(),
+            offset: 0,
+        };
+        // A read that raced a resync.
+        let joined = hub.subscribe("k", &c1).await.unwrap();
+        hub.on_event(BrokerEvent::Resync);
+        hub.remember("k", &joined, &read);
+        assert_eq!(hub.subscribe("k", &c2).await.unwrap().known, None);
+        // A read that raced a live publication (the read saw the channel before it).
+        let joined = hub.subscribe("k", &c3).await.unwrap();
+        let live = publish(&hub, "k").await;
+        hub.remember("k", &joined, &read);
+        let now = hub.subscribe("k", &c4).await.unwrap();
+        assert_eq!(now.known.as_ref(), Some(&live));
+        // With no race, a read is remembered.
+        hub.on_event(BrokerEvent::Resync);
+        let joined = hub.subscribe("j", &c1).await.unwrap();
+        hub.remember("j", &joined, &read);
+        assert_eq!(hub.subscribe("j", &c2).await.unwrap().known, Some(read));
     }
 }

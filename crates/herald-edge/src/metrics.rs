@@ -161,6 +161,8 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     /// Broadcasts received from the broker.
     pub broadcasts: IntCounter,
+    /// Subscribes answered from the channel's position this edge knows, without the broker.
+    pub positions_known: IntCounter,
     /// Authentication outcomes of connections, channel tokens, refreshes and HTTP publishes, by
     /// result (see [`AUTH_RESULTS`]).
     pub auth: IntCounterVec,
@@ -244,6 +246,13 @@ impl Metrics {
         )
         .expect("metric");
         r.register(Box::new(broadcasts.clone())).expect("register");
+        let positions_known = IntCounter::new(
+            "herald_subscribe_positions_known_total",
+            "Subscribes answered from the channel position this edge holds (no broker read).",
+        )
+        .expect("metric");
+        r.register(Box::new(positions_known.clone()))
+            .expect("register");
         let m = Self {
             connections,
             accepted: counter_vec(
@@ -329,6 +338,7 @@ impl Metrics {
             channels,
             subscriptions,
             broadcasts,
+            positions_known,
             registry,
         };
         for t in Transport::CONNECTED {

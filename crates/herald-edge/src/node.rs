@@ -364,13 +364,38 @@ impl Node {
     }
 
     /// Reads what a reader at `since` missed (or only the current position without `since`),
-    /// at most about `budget` bytes of it (see [`Recovered::complete`]).
+    /// at most about `budget` bytes of it (see [`Recovered::complete`]). With `known`, the
+    /// channel's newest position as the hub knows it for a subscriber it has just added
+    /// ([`crate::hub::Joined::known`]), a reader without `since` or at exactly that position
+    /// is answered without the broker.
     pub(crate) async fn recover(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
+        known: Option<&StreamPosition>,
         budget: usize,
     ) -> Result<Recovered, EdgeError> {
+        if let Some(known) = known {
+            let up_to_date = match since {
+                None => true,
+                Some(since) => since == known,
+            };
+            if up_to_date {
+                if since.is_some() {
+                    self.metrics
+                        .recoveries
+                        .with_label_values(&["recovered"])
+                        .inc();
+                }
+                self.metrics.positions_known.inc();
+                return Ok(Recovered {
+                    position: known.clone(),
+                    recovered: true,
+                    publications: Vec::new(),
+                    complete: true,
+                });
+            }
+        }
         if let (Some(since), 0) = (since, budget) {
             // Nothing left to read with: the reader stays where it is and pages on later.
             return Ok(Recovered {

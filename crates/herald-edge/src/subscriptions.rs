@@ -203,7 +203,7 @@ impl Subscriptions {
         out: &mut Vec<Emit>,
     ) {
         let budget = node.config.limits.max_reply_bytes;
-        let recovered = node.recover(channel, Some(&since), budget).await;
+        let recovered = node.recover(channel, Some(&since), None, budget).await;
         let Some(pos) = self.channels.get_mut(channel) else {
             return;
         };

@@ -40,6 +40,11 @@ async fn is_ready(edge: &Edge) -> bool {
 
 /// `herald_redis_reconnects_total` from the node's metrics listener.
 async fn reconnects(edge: &Edge) -> f64 {
+    metric(edge, "herald_redis_reconnects_total").await
+}
+
+/// An unlabelled metric from the node's metrics listener.
+async fn metric(edge: &Edge, name: &str) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", edge.metrics_addr))
         .await
         .unwrap()
@@ -47,8 +52,8 @@ async fn reconnects(edge: &Edge) -> f64 {
         .await
         .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("herald_redis_reconnects_total "))
-        .expect("herald_redis_reconnects_total exported")
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} exported"))
         .parse()
         .unwrap()
 }
@@ -385,6 +390,43 @@ async fn silently_dead_subscription_is_found_by_the_probe_and_healed() {
     ws.assert_quiet().await;
     assert!(is_ready(&e2).await, "nothing has noticed yet");
 
+    // Joining the live channel now, a subscriber is answered from the position e2 knows
+    // (offset 1, without a Redis read) — stale, as nothing has noticed the silence. It must
+    // still get offset 2: the heal's resync makes it read history. So must a long-poll whose
+    // cursor is at that known position (it waits, as e2 knows of nothing newer).
+    let known_before = metric(&e2, "herald_subscribe_positions_known_total").await;
+    let mut late = connect(&e2).await;
+    let reply = late.subscribe("s:room").await;
+    assert_eq!(
+        reply["offset"], 1,
+        "answered from e2's known position: {reply}"
+    );
+    let epoch = reply["epoch"].as_str().unwrap().to_owned();
+    let mut cursor = herald_protocol::Cursor::new();
+    cursor.set(
+        "s:room",
+        herald_protocol::StreamPosition { epoch, offset: 1 },
+    );
+    let cursor = cursor.encode();
+    let mut poller = {
+        let url = format!(
+            "{}/poll?channel=s:room&cursor={cursor}&timeout=25",
+            http(&e2)
+        );
+        tokio::spawn(async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::select! {
+        () = wait_until_metric(&e2, "herald_subscribe_positions_known_total", known_before + 2.0) => {}
+        r = &mut poller => panic!("poll ended early: {r:?}"),
+    }
+
     // The probe (every 5 s, 3 s to answer) notices: not ready.
     let noticed = wait_ready(&e2, false, Duration::from_secs(20)).await;
     assert!(
@@ -410,10 +452,38 @@ async fn silently_dead_subscription_is_found_by_the_probe_and_healed() {
     );
     assert!(reconnects(&e2).await >= 1.0);
 
+    // The heal forgot e2's stale position: a subscriber joining now reads Redis's.
+    let mut fresh = connect(&e2).await;
+    assert_eq!(fresh.subscribe("s:room").await["offset"], 2);
+
     // The message published into the silence is recovered from history, then live delivery
     // works again.
     assert_eq!(ws.next_op("message").await["offset"], 2);
+    assert_eq!(late.next_op("message").await["offset"], 2);
+    let polled = poller.await.unwrap();
+    assert_eq!(polled["recovered"], true, "{polled}");
+    let offsets: Vec<u64> = polled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [2], "{polled}");
     assert_eq!(api_publish(&e1, "s:room", json!(3)).await["offset"], 3);
     assert_eq!(ws.next_op("message").await["offset"], 3);
+    assert_eq!(late.next_op("message").await["offset"], 3);
+    assert_eq!(fresh.next_op("message").await["offset"], 3);
     ws.assert_quiet().await;
+    late.assert_quiet().await;
+}
+
+/// Waits (polling the scrape, 10 s at most) until an unlabelled metric reaches `value`.
+async fn wait_until_metric(edge: &Edge, name: &str, value: f64) {
+    for _ in 0..1000 {
+        if metric(edge, name).await >= value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} never reached {value}");
 }
