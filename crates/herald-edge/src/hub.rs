@@ -499,10 +499,16 @@ impl Hub {
         };
         let name = name.clone();
         let entry = shard.get_mut(channel).expect("entry just seen");
-        let before = entry.subscribers.len();
-        entry.subscribers.retain(|h| h.key != handle.key);
-        if entry.subscribers.len() < before {
-            self.metrics.subscriptions.dec();
+        // Order does not matter to fan-out: swap out instead of shifting the rest (this runs
+        // at the end of every poll, on channels with thousands of subscribers).
+        let mut i = 0;
+        while i < entry.subscribers.len() {
+            if entry.subscribers[i].key == handle.key {
+                entry.subscribers.swap_remove(i);
+                self.metrics.subscriptions.dec();
+            } else {
+                i += 1;
+            }
         }
         if entry.subscribers.is_empty() && entry.idle_since.is_none() {
             let now = Instant::now();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -28,6 +28,8 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::proxy::{ProxyClient, ProxyConfig};
 use crate::{api, transport};
+
+mod headers;
 
 /// The cookie naming the edge a browser is on; nginx routes by it.
 pub const NODE_COOKIE: &str = "herald_node";
@@ -220,74 +222,8 @@ fn router(node: Arc<Node>) -> Router {
         .merge(dev)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(node.clone(), node_cookie))
-        .layer(middleware::from_fn_with_state(node.clone(), cors))
+        .layer(headers::EdgeHeaders::new(node.clone()))
         .with_state(node)
-}
-
-/// Client endpoints a page on another origin may call (with CORS), when that origin is listed in
-/// `limits.allowed_origins`. WebSockets need no CORS (the edge checks their `Origin` itself).
-const CORS_PATHS: &[&str] = &["/sse", "/poll", "/publish", "/presence", "/history"];
-
-/// CORS for pages on other origins: the client library and its types are public to every origin
-/// (a module script from another origin is fetched in CORS mode); the client endpoints answer
-/// the origins `limits.allowed_origins` lists, including their preflight `OPTIONS`. No
-/// credentials: cross-origin clients send their token in `Authorization` or `?token=`, and no
-/// cookie reaches the edge, so nginx's cookie affinity does not apply to them.
-async fn cors(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if path == "/herald.js" || path == "/herald.d.ts" {
-        let mut response = next.run(req).await;
-        response.headers_mut().insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
-        return response;
-    }
-    if !CORS_PATHS.contains(&path) {
-        return next.run(req).await;
-    }
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let listed = origin.as_ref().is_some_and(|o| {
-        let allowed = &node.config.limits.allowed_origins;
-        o.to_str()
-            .is_ok_and(|o| allowed.iter().any(|a| a == o || a == "*"))
-    });
-    if req.method() == axum::http::Method::OPTIONS {
-        let Some(origin) = origin.filter(|_| listed) else {
-            let e = EdgeError::PermissionDenied("origin not allowed".into());
-            node.metrics.error(e.code(), e.source_tag());
-            return e.into_response();
-        };
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type, last-event-id"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        h.insert(header::VARY, HeaderValue::from_static("origin"));
-        return response;
-    }
-    let mut response = next.run(req).await;
-    if let Some(origin) = origin.filter(|_| listed) {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-herald-node, retry-after"),
-        );
-        h.append(header::VARY, HeaderValue::from_static("origin"));
-    }
-    response
 }
 
 async fn not_found() -> Response {
@@ -311,27 +247,6 @@ async fn require_api_key(
             e.into_response()
         }
     }
-}
-
-/// Names the edge in `X-Herald-Node` on every response, and sets `herald_node=<node id>` when the browser's cookie names another node (or none), so
-/// nginx keeps it on this edge.
-async fn node_cookie(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let current = crate::identity::cookie_value(req.headers(), NODE_COOKIE);
-    let mut response = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&node.config.node_id) {
-        // Which edge answered: for poll clients (no welcome frame) and for debugging nginx.
-        response.headers_mut().insert("x-herald-node", v);
-    }
-    if current.as_deref() != Some(node.config.node_id.as_str()) {
-        let cookie = format!(
-            "{NODE_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
-            node.config.node_id
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    response
 }
 
 async fn metrics_handler(State(node): State<Arc<Node>>) -> Response {

@@ -339,6 +339,24 @@ async fn http_api_broadcast_info_and_health() {
         .get_all("set-cookie")
         .iter()
         .any(|c| c.to_str().unwrap().starts_with("herald_node=test")));
+    assert_eq!(r.headers()["x-herald-node"], "test");
+    // A client that already sticks to this edge is not told again; one sent by another's
+    // cookie (failover) is moved here.
+    let client = reqwest::Client::new();
+    for (cookie, told) in [
+        ("a=1; herald_node=test", false),
+        ("herald_node=other", true),
+        ("herald_node=tes", true),
+    ] {
+        let r = client
+            .get(format!("{}/healthz", http(&edge)))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-herald-node"], "test");
+        assert_eq!(r.headers().get("set-cookie").is_some(), told, "{cookie}");
+    }
 }
 
 #[tokio::test]

@@ -36,11 +36,7 @@ pub(crate) async fn handler(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    // One span per poll; `client` and `transport` (poll or longpoll) are recorded once known.
-    let span = tracing::info_span!("conn", client = tracing::field::Empty,
-        transport = tracing::field::Empty, node = %node.config.node_id);
-    let polled = poll(node.clone(), query, headers, peer);
-    match tracing::Instrument::instrument(polled, span).await {
+    match poll(node.clone(), query, headers, peer).await {
         Ok(r) => r,
         Err(e) => {
             request::refused(&node, &e);
@@ -103,7 +99,7 @@ async fn poll(
     headers: HeaderMap,
     peer: SocketAddr,
 ) -> Result<Response, EdgeError> {
-    let mut req = request::read(&node, query.as_deref(), &headers, Some(peer))?;
+    let req = request::read(&node, query.as_deref(), &headers, Some(peer))?;
     let timeout = read_timeout(&node, req.timeout.as_deref())?;
     let transport = if timeout == 0 {
         Transport::Poll
@@ -111,6 +107,21 @@ async fn poll(
         Transport::LongPoll
     };
     let client = node.new_client_id();
+    // One span per poll, its fields all known here (recording one later formats the span's
+    // fields again: measurable at thousands of polls a second).
+    let span = tracing::info_span!("conn", client = &*client, transport = transport.label(),
+        node = %node.config.node_id);
+    tracing::Instrument::instrument(answer(node, req, timeout, transport, client), span).await
+}
+
+/// Identifies, subscribes, waits and answers one admitted poll.
+async fn answer(
+    node: Arc<Node>,
+    mut req: request::StreamRequest,
+    timeout: u64,
+    transport: Transport,
+    client: Arc<str>,
+) -> Result<Response, EdgeError> {
     let identity = request::identify(&node, &mut req, &client, transport).await?;
     let options = ConnectionOptions {
         transport,
@@ -120,9 +131,6 @@ async fn poll(
         presence: false,
     };
     let mut conn = Connection::open(&node, options)?;
-    tracing::Span::current()
-        .record("client", &**conn.client())
-        .record("transport", transport.label());
     let mut reply = Reply {
         messages: Vec::new(),
         cursor: Cursor::new(),
