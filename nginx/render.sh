@@ -80,7 +80,8 @@ for i in "${!names[@]}"; do
     [[ $j == "$i" ]] && continue
     node_upstreams+="        server ${addrs[$j]} max_fails=1 fail_timeout=5s backup;"$'\n'
   done
-  node_upstreams+="        keepalive 32;"$'\n'"    }"$'\n'
+  # keepalive: see the comment on herald_all in the template
+  node_upstreams+="        keepalive 1024;"$'\n'"        keepalive_timeout 9s;"$'\n'"    }"$'\n'
 done
 
 temp_paths=""
