@@ -24,7 +24,6 @@ use std::sync::Arc;
 use herald_broker::{HistoryPage, Payload};
 use herald_protocol::frame::PresenceEntry;
 use herald_protocol::{CloseCode, StreamPosition};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -106,9 +105,6 @@ pub(crate) struct Connection {
     /// The hub's handle: fan-out sends into `queue`'s other end; `handle.cancel` (a child of
     /// the node's shutdown token) is cancelled when the connection must close.
     handle: Arc<ConnHandle>,
-    /// Receives what the hub fans out here. Bounded by `limits.outbound_queue`; when full the
-    /// hub kills the connection with 4008 and the client resumes from history.
-    queue: mpsc::Receiver<Outbound>,
     /// Positions of the subscribed channels.
     subs: Subscriptions,
     /// Channels joined in the hub, including joins still in progress, so that a connection
@@ -158,7 +154,7 @@ impl Connection {
             })?),
             None => None,
         };
-        let (handle, queue) = node.hub.connect(
+        let handle = node.hub.connect(
             options.client.clone(),
             identity.proven_user(),
             options.transport,
@@ -181,7 +177,6 @@ impl Connection {
             _user_slot: user_slot,
             options,
             handle,
-            queue,
             subs: Subscriptions::default(),
             joined: HashSet::new(),
             present: Vec::new(),
@@ -464,14 +459,14 @@ impl Connection {
     /// Waits for the next queued item; `None` when the queue is closed (never while the
     /// connection lives). Cancel-safe: use it in a `select!`.
     pub(crate) async fn recv(&mut self) -> Option<Outbound> {
-        let item = self.queue.recv().await?;
+        let item = std::future::poll_fn(|cx| self.handle.queue.poll_pop(cx)).await;
         self.handle.taken(&item);
         Some(item)
     }
 
     /// A queued item if one is there now.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        let item = self.queue.try_recv().ok()?;
+        let item = self.handle.queue.try_pop()?;
         self.handle.taken(&item);
         Some(item)
     }
@@ -608,6 +603,7 @@ impl Drop for Connection {
             self.node.hub.unsubscribe(&channel, &self.handle);
         }
         self.node.hub.disconnect(&self.handle);
+        self.handle.queue.close();
         if !self.present.is_empty() {
             let node = self.node.clone();
             let entry = self.entry.clone();

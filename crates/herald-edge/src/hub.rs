@@ -27,12 +27,15 @@ use bytes::Bytes;
 use herald_broker::{Broker, BrokerEvent, BrokerEvents, Payload, Publication};
 use herald_protocol::frame::MessageData;
 use herald_protocol::{CloseCode, StreamPosition};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::EdgeError;
 use crate::metrics::{Metrics, Transport};
+
+mod queue;
+pub(crate) use queue::Queue;
+use queue::Refused;
 
 /// Shards of the channel map.
 const SHARDS: usize = 64;
@@ -150,9 +153,8 @@ pub(crate) enum Outbound {
     /// A publication on a subscribed channel.
     Publication(Arc<Delivery>),
     /// Join, leave or broadcast, already encoded as JSON text; one allocation shared by every
-    /// queue it goes to. Behind an `Arc` so that `Outbound` is two words: every connection's
-    /// queue allocates a block of 32 items up front, which is 1.3 KiB per idle connection
-    /// with the event inline (40 bytes an item) and 0.5 KiB with it shared.
+    /// queue it goes to. Behind an `Arc` so that `Outbound` is two words (queued items cost
+    /// 16 bytes each, not 40).
     Event(Arc<(EventKind, Utf8Bytes)>),
     /// The broker lost and regained its subscription: check history for gaps.
     Resync,
@@ -186,9 +188,9 @@ pub(crate) struct ConnHandle {
     pub(crate) user: Option<Arc<str>>,
     /// The connection's transport (metric label).
     transport: Transport,
-    /// Fan-out sends here with `try_send`; the connection's task receives. Bounded by
-    /// `limits.outbound_queue`; full means the connection is killed with 4008.
-    tx: mpsc::Sender<Outbound>,
+    /// Fan-out pushes here; the connection's task pops. Bounded by `limits.outbound_queue`;
+    /// full means the connection is killed with 4008.
+    pub(crate) queue: Queue,
     /// Cancelled when the connection must close; [`ConnHandle::close_code`] says why. The
     /// connection's task listens; the hub (slow consumer) and the node (shutdown) cancel.
     pub(crate) cancel: CancellationToken,
@@ -231,13 +233,13 @@ impl ConnHandle {
             self.overflow(metrics);
             return;
         }
-        match self.tx.try_send(item) {
+        match self.queue.push(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
                 self.overflow(metrics);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(Refused::Closed) => {
                 self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
             }
         }
@@ -345,22 +347,21 @@ impl Hub {
         &self.connections[(self.hasher.hash_one(client) as usize) % SHARDS]
     }
 
-    /// Registers a connection; returns its handle and the receiving end of its queue.
+    /// Registers a connection; returns its handle, whose queue the connection's task pops.
     pub(crate) fn connect(
         &self,
         client: Arc<str>,
         user: Option<Arc<str>>,
         transport: Transport,
         parent: &CancellationToken,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(self.queue_size);
+    ) -> Arc<ConnHandle> {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ConnHandle {
             key,
             client: client.clone(),
             user,
             transport,
-            tx,
+            queue: Queue::new(self.queue_size),
             cancel: parent.child_token(),
             close_code: AtomicU16::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -370,7 +371,7 @@ impl Hub {
             .lock()
             .expect("connections lock")
             .insert(client, handle.clone());
-        (handle, rx)
+        handle
     }
 
     /// Forgets a connection (its channels must be left with [`Hub::unsubscribe`] first).
@@ -738,7 +739,7 @@ mod tests {
     async fn churn_keeps_one_idle_entry_per_channel_and_the_delay_holds() {
         let hub = hub(Duration::from_secs(3600));
         let token = CancellationToken::new();
-        let (conn, _rx) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
+        let conn = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
         for _ in 0..1000 {
             hub.subscribe("a", &conn).await.unwrap();
             hub.unsubscribe("a", &conn);
@@ -756,7 +757,7 @@ mod tests {
     async fn an_idle_channel_is_released_once_and_a_returning_one_is_kept() {
         let hub = hub(Duration::ZERO);
         let token = CancellationToken::new();
-        let (conn, _rx) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
+        let conn = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
         hub.subscribe("gone", &conn).await.unwrap();
         hub.subscribe("back", &conn).await.unwrap();
         hub.unsubscribe("gone", &conn);
@@ -796,9 +797,9 @@ mod tests {
     async fn the_known_position_is_the_last_fanned_out_until_a_resync() {
         let hub = hub(Duration::from_secs(3600));
         let token = CancellationToken::new();
-        let (c1, _r1) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
-        let (c2, _r2) = hub.connect(Arc::from("c2"), None, Transport::Ws, &token);
-        let (c3, _r3) = hub.connect(Arc::from("c3"), None, Transport::Ws, &token);
+        let c1 = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
+        let c2 = hub.connect(Arc::from("c2"), None, Transport::Ws, &token);
+        let c3 = hub.connect(Arc::from("c3"), None, Transport::Ws, &token);
         let first = hub.subscribe("k", &c1).await.unwrap();
         assert_eq!(first.known, None, "nothing fanned out, nothing read yet");
         publish(&hub, "k").await;
@@ -817,10 +818,10 @@ mod tests {
     async fn a_read_older_than_a_resync_or_a_live_publication_is_not_remembered() {
         let hub = hub(Duration::from_secs(3600));
         let token = CancellationToken::new();
-        let (c1, _r1) = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
-        let (c2, _r2) = hub.connect(Arc::from("c2"), None, Transport::Ws, &token);
-        let (c3, _r3) = hub.connect(Arc::from("c3"), None, Transport::Ws, &token);
-        let (c4, _r4) = hub.connect(Arc::from("c4"), None, Transport::Ws, &token);
+        let c1 = hub.connect(Arc::from("c1"), None, Transport::Ws, &token);
+        let c2 = hub.connect(Arc::from("c2"), None, Transport::Ws, &token);
+        let c3 = hub.connect(Arc::from("c3"), None, Transport::Ws, &token);
+        let c4 = hub.connect(Arc::from("c4"), None, Transport::Ws, &token);
         let read = StreamPosition {
             epoch: String::new(),
             offset: 0,
