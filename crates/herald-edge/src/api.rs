@@ -121,7 +121,7 @@ pub(crate) async fn client_publish(
         }
         let address = node.limits.client_ip(peer.ip(), req.headers());
         node.admit_request(address)?;
-        let context = RequestContext::new(Some(address), req.headers());
+        let context = RequestContext::new(&node, Some(address), req.headers());
         let query_token = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned());
@@ -283,7 +283,7 @@ async fn authorize_client_read<T>(
     node.admit_request(address)?;
     let q = read_query(query)?;
     let checked = check(&q)?;
-    let context = RequestContext::new(Some(address), headers);
+    let context = RequestContext::new(node, Some(address), headers);
     let token = identity::token_from(headers, q.token.as_deref(), &node.config.auth.token_cookie);
     let client = q.client.as_deref().unwrap_or("");
     let identity = identity::identify(

@@ -191,8 +191,10 @@ pub struct LimitsConfig {
     pub unsubscribe_delay_ms: u64,
     /// WebSocket read buffer per connection, bytes. It is allocated eagerly for every socket:
     /// tungstenite's default 128 KiB would dominate idle memory. Measured edge RSS per idle
-    /// WebSocket at 10k: 10.9 KiB with 4096, 8.9 with 2048, 7.9 with 1024 (the default).
-    /// Larger frames just take more reads.
+    /// WebSocket at 10k: 10.9 KiB with 4096, 8.9 with 2048, 7.9 with 1024; at 19.5k (after
+    /// the queue and span changes of issue 15): 6.16 with 1024, 5.67 with 512 (the default).
+    /// A frame larger than this is read in this many bytes per read call (a 64 KiB publish is
+    /// 128 reads): raise it where clients send large frames often.
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, bytes (flushed every wake-up anyway).
     pub ws_write_buffer: usize,
@@ -250,7 +252,7 @@ impl Default for LimitsConfig {
             sse_heartbeat_secs: 15,
             poll_max_timeout_secs: 60,
             unsubscribe_delay_ms: 2000,
-            ws_read_buffer: 1024,
+            ws_read_buffer: 512,
             ws_write_buffer: 4096,
             shutdown_grace_secs: 10.0,
             allowed_origins: Vec::new(),
@@ -605,7 +607,7 @@ mod tests {
     fn defaults_validate() {
         let c = parse(&["herald", "--node-id", "n1"]).unwrap();
         assert_eq!(c.listen.port(), 8080);
-        assert_eq!(c.limits.ws_read_buffer, 1024);
+        assert_eq!(c.limits.ws_read_buffer, 512);
         assert!(c.redis_url.is_none());
         assert!(c.redis_cluster.is_empty());
     }

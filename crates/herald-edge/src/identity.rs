@@ -81,16 +81,22 @@ impl Identity {
 pub(crate) struct RequestContext {
     /// The peer address.
     pub(crate) remote: Option<IpAddr>,
-    /// Allow-listed request headers (see `proxy::select_headers`).
+    /// Allow-listed request headers (see `proxy::select_headers`), kept only when the node
+    /// has backend hooks to send them to: a WebSocket or SSE connection holds its context for
+    /// its whole life, and a browser's cookies and user agent are most of a kilobyte.
     pub(crate) headers: Vec<(String, String)>,
 }
 
 impl RequestContext {
     /// The context of a request from `remote` with `headers`.
-    pub(crate) fn new(remote: Option<IpAddr>, headers: &HeaderMap) -> Self {
+    pub(crate) fn new(node: &Node, remote: Option<IpAddr>, headers: &HeaderMap) -> Self {
         Self {
             remote,
-            headers: crate::proxy::select_headers(headers),
+            headers: if node.proxy.is_some() {
+                crate::proxy::select_headers(headers)
+            } else {
+                Vec::new()
+            },
         }
     }
 

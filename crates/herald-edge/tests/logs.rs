@@ -1,5 +1,5 @@
 //! The `herald` binary's logs: `--log-format json` writes one JSON object per line; every
-//! connection (WebSocket, SSE, poll) logs inside a `conn` span naming its client, transport and
+//! connection (WebSocket, SSE, poll) logs inside a `conn` span (debug level) naming its client, transport and
 //! node; and traffic writes nothing per message at info level.
 
 mod common;

@@ -109,7 +109,7 @@ async fn poll(
     let client = node.new_client_id();
     // One span per poll, its fields all known here (recording one later formats the span's
     // fields again: measurable at thousands of polls a second).
-    let span = tracing::info_span!("conn", client = &*client, transport = transport.label(),
+    let span = tracing::debug_span!("conn", client = &*client, transport = transport.label(),
         node = %node.config.node_id);
     tracing::Instrument::instrument(answer(node, req, timeout, transport, client), span).await
 }

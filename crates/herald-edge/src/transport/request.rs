@@ -133,6 +133,7 @@ pub(crate) fn read(
         display,
         timeout,
         context: RequestContext::new(
+            node,
             peer.map(|p| node.limits.client_ip(p.ip(), headers)),
             headers,
         ),

@@ -51,7 +51,7 @@ pub(crate) async fn handler(
         .filter(|_| version == Version::HTTP_11);
     // One span per connection; `client` is recorded once the connection is admitted, and the
     // stream keeps the span for the life of the response body.
-    let span = tracing::info_span!("conn", client = tracing::field::Empty, transport = "sse",
+    let span = tracing::debug_span!("conn", client = tracing::field::Empty, transport = "sse",
         node = %node.config.node_id);
     let opened = open(node.clone(), query, headers, peer, takeover);
     match tracing::Instrument::instrument(opened, span).await {

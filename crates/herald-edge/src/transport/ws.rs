@@ -217,7 +217,7 @@ async fn admit(
         &node.config.auth.token_cookie,
     );
     let client = node.new_client_id();
-    let context = RequestContext::new(Some(address), headers);
+    let context = RequestContext::new(node, Some(address), headers);
     let has_proxy = node.proxy.as_ref().is_some_and(|p| p.has_connect());
     if token.is_none() && !has_proxy && !node.config.auth.anonymous_allowed() {
         let options = ConnectionOptions {
@@ -352,7 +352,7 @@ struct Session {
 /// arguments and again in the session (see [`Socket`]).
 fn run(socket: Socket, conn: Connection) -> impl std::future::Future<Output = ()> + Send {
     let node = conn.node().clone();
-    let span = tracing::info_span!("conn", client = %conn.client(), transport = "ws", node = %node.config.node_id);
+    let span = tracing::debug_span!("conn", client = %conn.client(), transport = "ws", node = %node.config.node_id);
     let mut session = Session {
         socket,
         closing: conn.closing(),

@@ -96,7 +96,7 @@ pub(crate) async fn upgrade(
     let admitted = admitted.map(|(slot, address)| {
         let pending = Pending {
             client: node.new_client_id(),
-            context: RequestContext::new(Some(address), headers),
+            context: RequestContext::new(&node, Some(address), headers),
             upgrade_token: identity::token_from(
                 headers,
                 params.token.as_deref(),

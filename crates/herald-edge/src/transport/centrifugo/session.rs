@@ -82,7 +82,7 @@ struct Session {
 
 pub(super) async fn run(socket: Socket, conn: Connection, connected: Connected) {
     let node = conn.node().clone();
-    let span = tracing::info_span!("conn", client = %conn.client(), transport = "centrifugo", node = %node.config.node_id);
+    let span = tracing::debug_span!("conn", client = %conn.client(), transport = "centrifugo", node = %node.config.node_id);
     let mut session = Session {
         socket,
         closing: conn.closing(),
