@@ -112,7 +112,6 @@ pub(crate) struct Connection {
     joined: HashSet<Arc<str>>,
     /// Channels whose presence holds this connection.
     present: Vec<Arc<str>>,
-    entry: PresenceEntry,
     /// This transport's latency histogram, looked up once (not per delivery).
     latency: prometheus::Histogram,
     /// Deliveries not yet added to the delivered counter (added per batch).
@@ -160,12 +159,6 @@ impl Connection {
             options.transport,
             &node.shutdown,
         );
-        let entry = PresenceEntry {
-            client: options.client.to_string(),
-            user: identity.user.to_string(),
-            node: node.config.node_id.clone(),
-            info: identity.info.clone(),
-        };
         let deadline = crate::identity::deadline(node, identity.exp);
         let latency = node
             .metrics
@@ -180,12 +173,24 @@ impl Connection {
             subs: Subscriptions::default(),
             joined: HashSet::new(),
             present: Vec::new(),
-            entry,
             latency,
             delivered: 0,
             deadline,
             _slot: slot,
         })
+    }
+
+    /// This connection's entry in a channel's presence, made when needed (a join or a leave):
+    /// a poll never enters a presence, and kept, the entry's three strings would be held for a
+    /// WebSocket's whole life.
+    fn presence_entry(&self) -> PresenceEntry {
+        let identity = &self.options.identity;
+        PresenceEntry {
+            client: self.handle.client.to_string(),
+            user: identity.user.to_string(),
+            node: self.node.config.node_id.clone(),
+            info: identity.info.clone(),
+        }
     }
 
     /// Who the connection is.
@@ -371,7 +376,9 @@ impl Connection {
         if self.options.presence {
             // Recorded first: if this future is dropped mid-add, the drop still removes it.
             self.present.push(name);
-            self.node.presence_join(channel, &self.entry).await;
+            self.node
+                .presence_join(channel, &self.presence_entry())
+                .await;
         }
         let publications = recovered
             .publications
@@ -395,7 +402,9 @@ impl Connection {
         self.node.hub.unsubscribe(channel, &self.handle);
         if let Some(i) = self.present.iter().position(|c| &**c == channel) {
             self.present.swap_remove(i);
-            self.node.presence_leave(channel, &self.entry).await;
+            self.node
+                .presence_leave(channel, &self.presence_entry())
+                .await;
         }
         Ok(())
     }
@@ -606,7 +615,7 @@ impl Drop for Connection {
         self.handle.queue.close();
         if !self.present.is_empty() {
             let node = self.node.clone();
-            let entry = self.entry.clone();
+            let entry = self.presence_entry();
             let channels = std::mem::take(&mut self.present);
             // Presence removal talks to the broker; it runs on the node's tracker so shutdown
             // waits for it.
