@@ -6,9 +6,47 @@
 #
 # Needs: redis-server, nginx, prometheus (promtool), chromium + chromedriver, python3 with the
 # packages in tests-browser/requirements.txt, tests-deploy/requirements.txt and
-# tests-centrifugo/requirements.txt. `.ci/run` installs all of them on a fresh Debian machine.
+# tests-centrifugo/requirements.txt. The preflight below installs whatever is missing when run as
+# root with apt-get, or stops at once naming the command; `.ci/run` installs them first too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Preflight: what the stages need, checked before anything runs. Missing pieces are installed
+# when this runs as root with apt-get (as on a fresh Debian machine); otherwise the script stops
+# at once and names the command to run.
+preflight() {
+  local apt=() cmd pkg
+  for pair in redis-server:redis-server nginx:nginx promtool:prometheus chromium:chromium \
+              chromedriver:chromium-driver curl:curl openssl:openssl; do
+    cmd=${pair%%:*} pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || apt+=("$pkg")
+  done
+  [[ -e /usr/lib/nginx/modules/ngx_nchan_module.so || -e /usr/share/nginx/modules/ngx_nchan_module.so ]] ||
+    apt+=(libnginx-mod-nchan)
+  if command -v docker >/dev/null 2>&1 && ! command -v debootstrap >/dev/null 2>&1; then apt+=(debootstrap); fi
+  python3 -m pip --version >/dev/null 2>&1 || apt+=(python3-pip)
+  local reqs=(-r tests-browser/requirements.txt -r tests-deploy/requirements.txt -r tests-centrifugo/requirements.txt pytest)
+  local py_ok=1
+  python3 -c 'import pytest, pytest_asyncio, selenium, websockets, jwt, centrifuge' >/dev/null 2>&1 || py_ok=0
+  if ((${#apt[@]} == 0 && py_ok)); then return 0; fi
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[test.sh] installing what is missing: ${apt[*]:-} $( ((py_ok)) || echo 'python test packages')"
+    if ((${#apt[@]})); then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt[@]}" >/dev/null
+      # Debian may start the system redis/nginx on install; the tests use their own ports.
+      (service nginx stop; service redis-server stop) >/dev/null 2>&1 || true
+    fi
+    ((py_ok)) || python3 -m pip install -q "${reqs[@]}" ||
+      python3 -m pip install -q --break-system-packages "${reqs[@]}"
+    return 0
+  fi
+  echo "[test.sh] missing; run as root:" >&2
+  ((${#apt[@]})) && echo "  apt-get install -y ${apt[*]}" >&2
+  ((py_ok)) || echo "  python3 -m pip install ${reqs[*]}" >&2
+  exit 2
+}
+preflight
 
 stage() { printf '\n=== %s ===\n' "$*"; }
 failed=()
