@@ -488,7 +488,7 @@ impl Node {
                 .presence_add(channel, entry.clone(), ns.join_leave)
                 .await
             {
-                tracing::warn!(cause = %err, "presence add failed");
+                tracing::warn!(cause = %err, channel, client = %entry.client, "presence add failed");
             }
         }
     }
@@ -502,7 +502,7 @@ impl Node {
                 .presence_remove(channel, entry.clone(), ns.join_leave)
                 .await
             {
-                tracing::warn!(cause = %err, "presence remove failed");
+                tracing::warn!(cause = %err, channel, client = %entry.client, "presence remove failed");
             }
         }
     }

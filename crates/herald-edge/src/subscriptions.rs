@@ -251,7 +251,7 @@ impl Subscriptions {
                 // Catching up stops too: a later live publication finds the gap again.
                 pos.catching_up = false;
                 // The broker is failing; say so rather than pretend nothing was missed.
-                tracing::warn!(cause = %err, "gap recovery failed");
+                tracing::warn!(cause = %err, channel = %channel, "gap recovery failed");
                 if before != u64::MAX {
                     pos.last = before.saturating_sub(1).max(pos.last);
                 }
