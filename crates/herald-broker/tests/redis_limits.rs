@@ -67,12 +67,27 @@ struct Gate {
 
 impl herald_broker::BrokerEvents for Gate {
     fn on_event(&self, event: herald_broker::BrokerEvent) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-        drop(open);
+        // The sink blocks its thread on purpose. `block_in_place` hands this worker's queue —
+        // including its LIFO slot, which no other worker steals from — to another thread
+        // first: without it, a task woken onto this worker just before (the pub/sub reader)
+        // could wait behind the blocked sink forever, and the test hung under load.
+        tokio::task::block_in_place(|| {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        });
         let _ = self.tx.send(event);
+    }
+}
+
+/// Opens the gate when dropped: a failed assertion then ends the test instead of leaving a
+/// runtime thread blocked in the sink (the runtime's shutdown would wait for it forever).
+struct OpenOnDrop(std::sync::Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -107,6 +122,7 @@ async fn a_stalled_sink_bounds_the_queue_and_gets_a_resync_with_nothing_lost() {
         opened: std::sync::Condvar::new(),
         tx,
     });
+    let _open_on_drop = OpenOnDrop(gate.clone());
     let weak: Weak<Gate> = Arc::downgrade(&gate);
     b.attach(weak as Weak<dyn BrokerEvents>);
     b.subscribe("flood").await.unwrap();
