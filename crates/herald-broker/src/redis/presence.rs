@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use super::RedisBroker;
 use crate::BrokerError;
 
-/// Most entries rewritten by one script call.
-const REFRESH_BATCH: usize = 256;
+/// Most entries rewritten by one script call. Small: adds and removes wait for one batch.
+const REFRESH_BATCH: usize = 64;
 
 /// The presence entries this node added, so it can keep them alive.
 #[derive(Default)]
@@ -30,10 +30,9 @@ pub(crate) struct PresenceBook {
     /// only for those map operations, never across Redis I/O.
     local: Mutex<HashMap<(Arc<str>, String), PresenceEntry>>,
     /// Add and remove hold it shared across their write to Redis; the refresher takes it
-    /// exclusively only to correct entries that an add or remove changed while its batch was
-    /// in flight (rare), never across the refresh itself. So a refresh of many entries does not
-    /// hold up adds and removes, and a refreshed entry that was removed meanwhile is deleted
-    /// again rather than revived.
+    /// exclusively for one batch at a time (read from the book and written), never across the
+    /// whole refresh. So a refresh of many entries holds up an add or remove for one batch at
+    /// most, and an entry removed meanwhile is never written back.
     gate: tokio::sync::RwLock<()>,
 }
 
@@ -178,67 +177,29 @@ impl RedisBroker {
         Ok(entries)
     }
 
-    /// Rewrites every entry this node added, in batches, from a snapshot: no lock is held
-    /// while a batch is in Redis. After each batch, entries an add or remove changed meanwhile
-    /// are corrected under the gate (deleted again, or rewritten as they are now).
+    /// Rewrites every entry this node added, in batches. Each batch is read from the book and
+    /// written under the gate, exclusively: no add or remove runs between reading an entry and
+    /// writing it, so an entry removed meanwhile is never written back — not even for the
+    /// moment until a correction (a reader then saw a removed client as present). Adds and
+    /// removes wait for at most one batch's write, never for the whole refresh.
     async fn refresh_presence(&self) -> Result<usize, BrokerError> {
-        let entries: Vec<(Arc<str>, PresenceEntry)> = self
-            .presence
-            .lock()
-            .iter()
-            .map(|((channel, _), entry)| (channel.clone(), entry.clone()))
-            .collect();
-        for batch in entries.chunks(REFRESH_BATCH) {
-            self.write_presence(batch, false).await?;
-            if self.changed_since(batch) {
-                self.correct_refreshed(batch).await?;
+        let keys: Vec<(Arc<str>, String)> = self.presence.lock().keys().cloned().collect();
+        let mut refreshed = 0;
+        for chunk in keys.chunks(REFRESH_BATCH) {
+            let _gate = self.presence.gate.write().await;
+            let batch: Vec<(Arc<str>, PresenceEntry)> = {
+                let local = self.presence.lock();
+                chunk
+                    .iter()
+                    .filter_map(|key| local.get(key).map(|e| (key.0.clone(), e.clone())))
+                    .collect()
+            };
+            if !batch.is_empty() {
+                self.write_presence(&batch, false).await?;
             }
+            refreshed += batch.len();
         }
-        Ok(entries.len())
-    }
-
-    /// Whether an entry of `batch` is no longer, or no longer so, in the book.
-    fn changed_since(&self, batch: &[(Arc<str>, PresenceEntry)]) -> bool {
-        let local = self.presence.lock();
-        batch.iter().any(|(channel, entry)| {
-            local.get(&(channel.clone(), entry.client.clone())) != Some(entry)
-        })
-    }
-
-    /// Puts back what a refresh batch overwrote: an entry removed meanwhile is deleted (no
-    /// leave: it was announced by its remove), one changed is rewritten. Exclusive, so no add
-    /// or remove runs between the check and the correction.
-    async fn correct_refreshed(
-        &self,
-        batch: &[(Arc<str>, PresenceEntry)],
-    ) -> Result<(), BrokerError> {
-        let _gate = self.presence.gate.write().await;
-        let (mut gone, mut changed) = (Vec::new(), Vec::new());
-        {
-            let local = self.presence.lock();
-            for (channel, entry) in batch {
-                match local.get(&(channel.clone(), entry.client.clone())) {
-                    None => gone.push((channel.clone(), entry.client.clone())),
-                    Some(now) if now != entry => changed.push((channel.clone(), now.clone())),
-                    Some(_) => {}
-                }
-            }
-        }
-        if !changed.is_empty() {
-            self.write_presence(&changed, false).await?;
-        }
-        if !gone.is_empty() {
-            let mut pipe = redis::pipe();
-            for (channel, client) in &gone {
-                pipe.hdel(self.keys.presence(channel), client).ignore();
-            }
-            self.commands
-                .run("presence correct", |mut con| async move {
-                    pipe.query_async::<()>(&mut con).await
-                })
-                .await?;
-        }
-        Ok(())
+        Ok(refreshed)
     }
 
     /// Deletes this node's entries (shutdown), without announcing leaves.
