@@ -139,11 +139,13 @@ pub(crate) fn token_from(
     if let Some(token) = query_token.filter(|t| !t.is_empty()) {
         return Some(token.to_owned());
     }
-    cookie_value(headers, cookie_name).filter(|t| !t.is_empty())
+    cookie_value(headers, cookie_name)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
 }
 
 /// The value of the cookie `name`, if the request carries it.
-pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -151,7 +153,7 @@ pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
 }
 
 /// How [`identify`] is asked.

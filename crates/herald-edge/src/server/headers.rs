@@ -109,7 +109,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let shared = &self.shared;
-        let cookie = !cookie_names(req.headers(), &shared.node.config.node_id);
+        let cookie = crate::identity::cookie_value(req.headers(), NODE_COOKIE)
+            != Some(shared.node.config.node_id.as_str());
         let path = req.uri().path();
         let cors = if path == "/herald.js" || path == "/herald.d.ts" {
             Cors::Public
@@ -205,18 +206,6 @@ impl Plan {
             }
         }
     }
-}
-
-/// Whether the request's cookies name this node (`herald_node=<id>`).
-fn cookie_names(headers: &HeaderMap, node_id: &str) -> bool {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == NODE_COOKIE)
-        .is_some_and(|(_, v)| v == node_id)
 }
 
 /// Whether `origin` is one of `limits.allowed_origins` (or that list has `*`).
